@@ -1,0 +1,70 @@
+# pai-patch: `make recipe=<model> [size=<size>] [key=value ...] <stage>`
+# Every Python target runs inside .venv, which `setup` creates on first use with pinned versions.
+
+SHELL := /bin/bash
+PYTHON_BOOT ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+recipe ?= qwen2_5
+STAGES := data convert pretrain sft export eval generate pipeline
+# Every `key=value` given on the command line (recipe=, size=, lr=, ...) goes to the recipe as an override.
+OVERRIDES := $(MAKEOVERRIDES)
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider
+
+.PHONY: help setup test test-slow test-all test-faults lint $(STAGES) image image-push bench bench-data bench-convert bench-gpu clean doctor
+
+help: ## list targets and recipes
+	@echo "usage: make recipe=<recipe> [size=<size>] [key=value ...] <stage>"
+	@echo
+	@echo "stages: $(STAGES)"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | sort | awk -F'\t' '{printf "  %-14s %s\n", $$1, $$2}'
+	@echo
+	@echo "recipes (size: default first):"
+	@for d in recipes/*/; do r=$$(basename $$d); printf "  %-12s %s\n" $$r "$$(sed -n 's/^ *sizes: *//p' $$d/recipe.yaml)"; done
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -c requirements.lock -e ".[test,eval,deepspeed]" 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import megatron.core, transformers, pai_patch" 
+	@touch $(STAMP)
+
+setup: $(STAMP) ## create .venv and install pinned dependencies
+
+test: $(STAMP) ## fast tests (unit + small end-to-end)
+	$(PYTEST) -m "not slow"
+
+test-slow: $(STAMP) ## slow end-to-end tests only (multi-process, full pipeline)
+	$(PYTEST) -m "slow" tests --ignore=tests/faults
+
+test-all: $(STAMP) ## the whole suite, as CI runs it
+	$(PYTEST) tests
+
+test-faults: $(STAMP) ## kill -9 / disk-full / corrupt-input fault suite
+	$(PYTEST) tests/faults -s
+
+$(STAGES): $(STAMP)
+	$(PY) -m pai_patch stage $@ $(OVERRIDES)
+
+doctor: $(STAMP) ## what this environment has and what each switch will use
+	$(PY) -m pai_patch doctor
+
+image: ## build the FA3-enabled training image (docker/Dockerfile)
+	$(MAKE) -s -C docker build
+
+image-push: ## push the image: make image-push REGISTRY=...
+	$(MAKE) -s -C docker push REGISTRY=$(REGISTRY)
+
+bench: bench-data bench-convert ## all CPU benchmarks
+
+bench-data: $(STAMP) ## preprocessing throughput vs Megatron-LM's per-document loop
+	$(PY) bench/data.py
+
+bench-convert: $(STAMP) ## conversion speed and memory vs the I/O floor
+	$(PY) bench/convert.py
+
+bench-gpu: $(STAMP) ## tokens/s, TFLOP/s and MFU on one GPU
+	$(PY) bench/gpu.py
+
+clean: ## remove outputs (not the venv)
+	rm -rf output bench/_work .pytest_cache

@@ -1,0 +1,167 @@
+"""Run megatron-core on a machine without CUDA (CPU tensors, gloo collectives).
+
+megatron-core assumes a GPU in a few dozen places: ``torch.cuda.current_device()``,
+``.cuda()``, factory calls with ``device="cuda"``, CUDA RNG state, streams and events.
+Rather than forking megatron-core we redirect exactly those entry points, all listed
+in :data:`CPU_PATCHES` with the reason for each, plus one torch-function mode that
+maps any CUDA device argument to the CPU.  Everything is applied by :func:`apply`
+and only when ``torch.cuda.is_available()`` is false, so the GPU path is untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+CPU = torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class Patch:
+    """Replace ``module.attr`` (``attr`` may be dotted) with ``replacement``."""
+
+    module: str
+    attr: str
+    replacement: Any
+    reason: str
+
+    def apply(self) -> None:
+        owner = importlib.import_module(self.module)
+        *path, name = self.attr.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        setattr(owner, name, self.replacement)
+
+
+class _NullStream:
+    """Stands in for ``torch.cuda.Stream``/``Event``: CPU work is already ordered."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return lambda *args, **kwargs: (0.0 if name == "elapsed_time" else None)
+
+    def __enter__(self) -> "_NullStream":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def _returning(value: Any) -> Callable[..., Any]:
+    """A fresh function per patch: torch.compile's trace rules reject one object under two names."""
+
+    def stub(*args: Any, **kwargs: Any) -> Any:
+        return value() if callable(value) else value
+
+    return stub
+
+
+def _noop() -> Callable[..., None]:
+    return _returning(None)
+
+
+def _zero() -> Callable[..., int]:
+    return _returning(0)
+
+
+def _null_context() -> Callable[..., contextlib.AbstractContextManager]:
+    return _returning(contextlib.nullcontext)
+
+
+def _to_cpu_device(device: Any) -> Any:
+    if isinstance(device, int) and not isinstance(device, bool):
+        return CPU
+    if isinstance(device, str) and device.startswith("cuda"):
+        return CPU
+    if isinstance(device, torch.device) and device.type == "cuda":
+        return CPU
+    return device
+
+
+class CudaToCpuMode(TorchFunctionMode):
+    """Rewrites ``device="cuda"`` (and ints, and ``.cuda()``) to the CPU.
+
+    megatron-core builds scalars for loss scaling, grad-norm reductions, causal
+    masks and token counters with a literal ``device="cuda"``; catching them at the
+    torch-function level is one rule instead of a patch per call site.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        if func is torch.Tensor.cuda:
+            return args[0]
+        if "device" in kwargs:
+            kwargs["device"] = _to_cpu_device(kwargs["device"])
+        if kwargs.get("pin_memory"):
+            kwargs["pin_memory"] = False
+        if func is torch.Tensor.to and len(args) > 1:
+            args = (args[0], _to_cpu_device(args[1]), *args[2:])
+        return func(*args, **kwargs)
+
+
+def _rng_get() -> Callable[..., torch.Tensor]:
+    return _returning(torch.get_rng_state)
+
+
+def _rng_set() -> Callable[..., None]:
+    def set_state(state: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        torch.set_rng_state(state)
+
+    return set_state
+
+
+def _seed() -> Callable[[int], None]:
+    def manual_seed(seed: int) -> None:
+        torch.manual_seed(seed)
+
+    return manual_seed
+
+
+CPU_PATCHES: tuple[Patch, ...] = (
+    Patch("torch.cuda", "current_device", _returning(CPU), "tensors are placed on current_device(); make it the CPU"),
+    Patch("torch.cuda", "set_device", _noop(), "launchers pin a GPU per local rank; nothing to pin on CPU"),
+    Patch("torch.cuda", "synchronize", _noop(), "CPU kernels run synchronously"),
+    Patch("torch.cuda", "empty_cache", _noop(), "no caching allocator on CPU"),
+    Patch("torch.cuda", "Stream", _NullStream, "MoE dispatchers and DDP overlap create side streams"),
+    Patch("torch.cuda", "Event", _NullStream, "timers and overlap code record CUDA events"),
+    Patch("torch.cuda", "current_stream", _NullStream, "callers wait on / record to the current stream"),
+    Patch("torch.cuda", "default_stream", _NullStream, "callers wait on the default stream"),
+    Patch("torch.cuda", "stream", _null_context(), "`with torch.cuda.stream(s)` scopes become no-ops"),
+    Patch("torch.cuda", "memory_allocated", _zero(), "memory reports query the CUDA allocator"),
+    Patch("torch.cuda", "max_memory_allocated", _zero(), "memory reports query the CUDA allocator"),
+    Patch("torch.cuda", "memory_reserved", _zero(), "memory reports query the CUDA allocator"),
+    Patch("torch.cuda", "max_memory_reserved", _zero(), "memory reports query the CUDA allocator"),
+    Patch("torch.cuda", "manual_seed", _seed(), "the RNG tracker seeds the CUDA generator; seed the CPU one"),
+    Patch("torch.cuda", "get_rng_state", _rng_get(), "RNG tracker and checkpoints read the CUDA generator state"),
+    Patch("torch.cuda", "set_rng_state", _rng_set(), "checkpoint resume restores the CUDA generator state"),
+    Patch("torch.cuda.nvtx", "range_push", _noop(), "NVTX ranges need the CUDA profiler library"),
+    Patch("torch.cuda.nvtx", "range_pop", _noop(), "NVTX ranges need the CUDA profiler library"),
+    Patch("megatron.core.tensor_parallel.random", "_get_cuda_rng_state", _rng_get(),
+          "the tracker forks CUDA RNG states for dropout; fork the CPU generator instead"),
+    Patch("megatron.core.tensor_parallel.random", "_set_cuda_rng_state", _rng_set(),
+          "the tracker restores CUDA RNG states; restore the CPU generator instead"),
+)
+
+_mode: CudaToCpuMode | None = None
+
+
+def apply() -> bool:
+    """Apply every CPU patch once; returns True when they were needed and applied."""
+    global _mode
+    if torch.cuda.is_available():
+        return False
+    if _mode is None:
+        for patch in CPU_PATCHES:
+            patch.apply()
+        _mode = CudaToCpuMode()
+        _mode.__enter__()
+    return True
