@@ -1,0 +1,125 @@
+"""Which attention kernel and precision a run can use on this machine.
+
+The seeds leave this to the user ("build FA3 by hand if you are on H800"); a recipe that
+asks for something the machine lacks then fails deep inside Transformer Engine or, worse,
+silently runs a slower kernel.  Here the decision is made once, up front, logged with its
+reason, and shared by the trainer, ``doctor`` and ``bench/gpu.py`` so they cannot disagree.
+
+Order for ``FL=true``: FlashAttention-3 (Hopper only) > TE flash (FA2 inside TE) >
+TE fused (cuDNN) > PyTorch SDPA.  ``FL=false`` skips the flash kernels.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+
+from pai_patch.models.base import PRECISIONS, te_available
+
+log = logging.getLogger(__name__)
+
+ATTENTION_BACKENDS = ("fa3", "te-flash", "te-fused", "sdpa")
+HOPPER = (9, 0)
+#: where FA3's Python interface lives: its own wheel, or the seeds' hand-made `flashattn_hopper` folder
+FA3_MODULES = ("flash_attn_interface", "flash_attn_3.flash_attn_interface", "flashattn_hopper.flash_attn_interface")
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """The attention path a run takes, and why (printed by ``doctor``, logged by training)."""
+
+    use_te: bool
+    attention: str
+    reason: str
+
+    def te_env(self) -> Mapping[str, str]:
+        """Transformer Engine's switches that pin its attention to this choice (empty without TE).
+
+        TE picks among its own backends at run time; without these it may take a different
+        one than the one reported.  FA3 runs inside TE's flash path when TE is present.
+        """
+        if not self.use_te:
+            return {}
+        flash = self.attention in ("fa3", "te-flash")
+        return {"NVTE_FLASH_ATTN": "1" if flash else "0", "NVTE_FUSED_ATTN": "0" if flash else "1"}
+
+
+def cuda_capability() -> tuple[int, int] | None:
+    """Compute capability of the current GPU, None without CUDA."""
+    if not torch.cuda.is_available():
+        return None
+    return tuple(torch.cuda.get_device_capability())  # type: ignore[return-value]
+
+
+def importable(module: str) -> bool:
+    """True if ``module`` imports; a broken CUDA build (missing symbol, wrong arch) counts as absent."""
+    try:
+        importlib.import_module(module)
+    except Exception:  # noqa: BLE001 - any failure means the kernel cannot be used
+        return False
+    return True
+
+
+def fa3_available() -> bool:
+    return any(importable(name) for name in FA3_MODULES)
+
+
+def check_precision(precision: str) -> None:
+    """Raise ``ValueError`` naming what is missing when ``precision`` cannot run here."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision PR={precision!r}; valid: {', '.join(PRECISIONS)}")
+    cap = cuda_capability()
+    if precision == "fp8":
+        where = "no CUDA GPU" if cap is None else f"a GPU with capability sm_{cap[0]}{cap[1]}"
+        if cap is None or cap < (8, 9):
+            raise ValueError(f"PR=fp8 needs a Hopper (sm_90) or Ada (sm_89) GPU with Transformer Engine; "
+                             f"this machine has {where}. Use PR=bf16.")
+        if not te_available():
+            raise ValueError(f"PR=fp8 needs Transformer Engine, which does not import here ({where}); "
+                             "use the pai-patch image (docker/README.md) or PR=bf16.")
+    if precision == "bf16" and cap is not None and cap < (8, 0):
+        raise ValueError(f"PR=bf16 needs an Ampere (sm_80) or newer GPU; this one is sm_{cap[0]}{cap[1]}. Use PR=fp16.")
+
+
+def resolve_backend(flash_attn: bool, precision: str) -> BackendChoice:
+    """Pick the attention backend for the recipe switches ``FL`` and ``PR`` and log the choice."""
+    check_precision(precision)
+    choice = choose_backend(flash_attn)
+    log.info("attention backend: %s (FL=%s, PR=%s): %s", choice.attention, str(flash_attn).lower(),
+             precision, choice.reason)
+    return choice
+
+
+def choose_backend(flash_attn: bool) -> BackendChoice:
+    """The backend ``FL=flash_attn`` gets on this machine, without the precision check or the log line."""
+    cap = cuda_capability()
+    if cap is None:
+        return BackendChoice(False, "sdpa", "no CUDA GPU: PyTorch scaled_dot_product_attention")
+    te = te_available()
+    sm = f"sm_{cap[0]}{cap[1]}"
+    if flash_attn and cap == HOPPER and fa3_available():
+        return BackendChoice(te, "fa3", f"FL=true on {sm} and flash_attn_interface imports")
+    skipped = "" if not flash_attn else (
+        f"; FA3 skipped: {sm} is not Hopper" if cap != HOPPER else "; FA3 skipped: flash_attn_interface does not import")
+    if te and flash_attn and cap >= (8, 0) and importable("flash_attn"):
+        return BackendChoice(True, "te-flash", f"TE with flash-attn 2 on {sm}{skipped}")
+    if te:
+        why = "FL=false" if not flash_attn else "flash-attn 2 unavailable"
+        return BackendChoice(True, "te-fused", f"TE fused (cuDNN) attention on {sm}, {why}{skipped}")
+    return BackendChoice(False, "sdpa", f"Transformer Engine does not import: PyTorch SDPA on {sm}{skipped}")
+
+
+def require_fa3() -> None:
+    """Raise ``ValueError`` unless FlashAttention-3 can run here (a recipe with ``FA3=true``)."""
+    cap = cuda_capability()
+    if cap != HOPPER:
+        where = "no CUDA GPU" if cap is None else f"sm_{cap[0]}{cap[1]}"
+        raise ValueError(f"FA3=true needs a Hopper GPU (sm_90: H100/H800/H20/H200); this machine has {where}. "
+                         "Use FL=true, which falls back to flash-attn 2 or TE fused attention.")
+    if not fa3_available():
+        raise ValueError("FA3=true but flash_attn_interface does not import; use the pai-patch image, "
+                         "which builds it from flash-attention/hopper (docker/README.md)")
