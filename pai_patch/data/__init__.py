@@ -1,0 +1,7 @@
+"""Data preparation: JSON corpora and instruction data to Megatron idxmap datasets.
+
+Modules: ``indexed`` (the ``.bin/.idx`` format, byte-identical to megatron-core's builder),
+``records`` (streaming JSON/JSONL/gzip reader with line numbers), ``tokenizer`` (offline
+tokenizer loading), ``pretrain`` (corpus preprocessing), ``sft`` (instruction data and the
+SFT datasets the trainer consumes), ``cli`` / ``inspect_cli`` (the commands).
+"""
