@@ -26,7 +26,7 @@ def test_reports_no_gpu_and_sdpa():
     assert "GPU                          none" in out.stdout
     assert "not available" in out.stdout
     assert "FL=true    sdpa" in out.stdout and "FL=false   sdpa" in out.stdout
-    assert f"megatron-core                0.16.1" in out.stdout
+    assert "megatron-core                0.16.1" in out.stdout
 
 
 def test_json_output_parses_and_lists_every_package():
