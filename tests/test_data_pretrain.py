@@ -1,0 +1,185 @@
+"""Pretrain preprocessing: input kinds, worker equality, and every bad-input case named by file and line."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import functools
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pai_patch.cli import CliError, main
+from pai_patch.data.indexed import IndexedReader
+from pai_patch.data.pretrain import preprocess_pretrain
+from pai_patch.data.records import BadRecord
+from pai_patch.data.tokenizer import load_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT / "pai_patch" / "assets" / "corpus" / "pretrain.jsonl"
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer("shipped")
+
+
+def _jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in rows))
+    return path
+
+
+def _tokens(prefix) -> list[list[int]]:
+    ds = IndexedReader.open(prefix)
+    return [ds.sequence(i).tolist() for i in range(len(ds))]
+
+
+GOOD = [{"text": "one fish"}, {"text": "two fish"}, {"text": "red fish"}]
+
+
+def test_jsonl_gz_folder_and_array_give_same_tokens(tmp_path, tok):
+    plain = _jsonl(tmp_path / "a.jsonl", GOOD)
+    preprocess_pretrain(plain, tok, tmp_path / "plain", progress=False)
+    with gzip.open(tmp_path / "b.jsonl.gz", "wt") as f:
+        f.write(plain.read_text())
+    preprocess_pretrain(tmp_path / "b.jsonl.gz", tok, tmp_path / "gz", progress=False)
+    (tmp_path / "arr.json").write_text(json.dumps(GOOD, indent=2))
+    preprocess_pretrain(tmp_path / "arr.json", tok, tmp_path / "arr", progress=False)
+    expected = _tokens(tmp_path / "plain_text_document")
+    assert expected == [tok.encode(r["text"]) + [tok.eos_token_id] for r in GOOD]
+    assert _tokens(tmp_path / "gz_text_document") == expected
+    assert _tokens(tmp_path / "arr_text_document") == expected
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    _jsonl(folder / "1.jsonl", GOOD[:2])
+    _jsonl(folder / "2.jsonl", GOOD[2:])
+    (folder / "notes.txt").write_text("ignored")
+    summary = preprocess_pretrain(folder, tok, tmp_path / "dir", progress=False)
+    assert summary.files == 2 and _tokens(tmp_path / "dir_text_document") == expected
+
+
+def test_json_key_names_output_and_no_eod(tmp_path, tok):
+    src = _jsonl(tmp_path / "c.jsonl", [{"content": "abc"}])
+    preprocess_pretrain(src, tok, tmp_path / "o", json_key="content", append_eod=False, progress=False)
+    assert _tokens(tmp_path / "o_content_document") == [tok.encode("abc")]
+
+
+def test_two_workers_write_identical_files(tmp_path, tok, monkeypatch):
+    from pai_patch.data import pretrain, records
+
+    # Small chunks, so the pool really interleaves many of them.
+    monkeypatch.setattr(pretrain, "iter_chunks", functools.partial(records.iter_chunks, chunk_bytes=1 << 16))
+    one = preprocess_pretrain(CORPUS, tok, tmp_path / "w1", workers=1, progress=False)
+    two = preprocess_pretrain(CORPUS, tok, tmp_path / "w2", workers=2, progress=False)
+    assert (one.documents, one.tokens) == (two.documents, two.tokens)
+    for ext in (".bin", ".idx"):
+        assert (tmp_path / f"w1_text_document{ext}").read_bytes() == (tmp_path / f"w2_text_document{ext}").read_bytes()
+
+
+BAD_LINES = [
+    ("{\"text\": \"ok\"", "malformed JSON"),
+    ("{\"body\": \"no text key\"}", "missing key"),
+    ("{\"text\": 42}", "non-string value"),
+    ("{\"text\": [\"a\", \"b\"]}", "non-string value"),
+    ("{\"text\": \"\"}", "empty document"),
+    ("[1, 2]", "not an object"),
+]
+
+
+@pytest.mark.parametrize("line,reason", BAD_LINES)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_bad_line_names_file_line_and_leaves_nothing(tmp_path, tok, line, reason, workers):
+    src = _jsonl(tmp_path / "c.jsonl", [GOOD[0], GOOD[1], line, GOOD[2]])
+    with pytest.raises(BadRecord) as err:
+        preprocess_pretrain(src, tok, tmp_path / "out", workers=workers, progress=False)
+    assert err.value.reason == reason and err.value.line == 3
+    assert str(err.value).startswith(f"{src}:3: {reason}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl"]
+
+
+def test_skip_bad_lines_counts_reasons(tmp_path, tok):
+    src = _jsonl(tmp_path / "c.jsonl", [GOOD[0]] + [line for line, _ in BAD_LINES] + ["", GOOD[1]])
+    summary = preprocess_pretrain(src, tok, tmp_path / "out", skip_bad_lines=True, progress=False)
+    assert summary.documents == 2
+    assert summary.skipped == {"malformed JSON": 1, "missing key": 1, "non-string value": 2, "empty document": 1,
+                               "not an object": 1}
+    assert "2 non-string value" in str(summary)
+    assert len(_tokens(tmp_path / "out_text_document")) == 2
+
+
+def test_corrupt_gzip_is_fatal_even_when_skipping(tmp_path, tok):
+    data = gzip.compress(("".join(json.dumps(r) + "\n" for r in GOOD * 2000)).encode())
+    bad = tmp_path / "c.jsonl.gz"
+    bad.write_bytes(data[: len(data) // 2])  # truncated stream
+    with pytest.raises(ValueError, match=r"c\.jsonl\.gz:\d+: unreadable or corrupt file"):
+        preprocess_pretrain(bad, tok, tmp_path / "out", skip_bad_lines=True, progress=False)
+    bad.write_bytes(b"\x1f\x8b" + b"garbage" * 10)
+    with pytest.raises(ValueError, match="unreadable or corrupt"):
+        preprocess_pretrain(bad, tok, tmp_path / "out", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl.gz"]
+
+
+def test_unreadable_inputs(tmp_path, tok):
+    with pytest.raises(FileNotFoundError, match="no such input"):
+        preprocess_pretrain(tmp_path / "missing.jsonl", tok, tmp_path / "o", progress=False)
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no"):
+        preprocess_pretrain(tmp_path / "empty_dir", tok, tmp_path / "o", progress=False)
+    (tmp_path / "bin.jsonl").write_bytes(b"{\"text\": \"\xff\xfe\"}\n")
+    with pytest.raises(BadRecord, match="bin.jsonl:1: malformed JSON"):
+        preprocess_pretrain(tmp_path / "bin.jsonl", tok, tmp_path / "o", progress=False)
+
+
+def test_malformed_json_array_names_line(tmp_path, tok):
+    src = tmp_path / "a.json"
+    src.write_text('[\n {"text": "a"},\n {"text": "b",,}\n]\n')
+    with pytest.raises(BadRecord, match=r"a\.json:3: malformed JSON"):
+        preprocess_pretrain(src, tok, tmp_path / "o", progress=False)
+    src.write_text('[\n {"text": "a"}\n')
+    with pytest.raises(BadRecord, match="not closed"):
+        preprocess_pretrain(src, tok, tmp_path / "o", progress=False)
+
+
+def test_tokenizer_loading(tmp_path):
+    assert load_tokenizer("PaiTinyTokenizer").eos_token_id == load_tokenizer("shipped").eos_token_id
+    assert len(load_tokenizer("Qwen2Tokenizer", str(ROOT / "pai_patch" / "assets" / "tokenizer"))) > 0
+    with pytest.raises(CliError, match="needs its directory"):
+        load_tokenizer("DeepSeekV2Tokenizer")
+    with pytest.raises(CliError, match="does not exist"):
+        load_tokenizer(str(tmp_path / "nope"))
+    with pytest.raises(CliError, match=r"has none of tokenizer\.json"):
+        load_tokenizer(str(tmp_path))
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    (tmp_path / "tokenizer_config.json").write_text("{}")
+    with pytest.raises(CliError, match=f"tokenizer directory {tmp_path} does not load"):
+        load_tokenizer(str(tmp_path))
+
+
+def test_cli_pretrain_and_errors(tmp_path, capsys):
+    src = _jsonl(tmp_path / "c.jsonl", GOOD + ["{\"text\": 1}"])
+    args = ["preprocess", "pretrain", "--input", str(src), "--tokenizer", "shipped", "--output-prefix",
+            str(tmp_path / "o"), "--append-eod", "--no-progress"]
+    assert main(args) == 2
+    assert f"error: {src}:4: non-string value" in capsys.readouterr().err
+    assert main(args + ["--skip-bad-lines", "--split-sentences", "no"]) == 0
+    assert "3 documents" in capsys.readouterr().out
+    assert main(args + ["--split-sentences"]) == 2
+    assert main(["preprocess", "pretrain", "--input", str(src), "--tokenizer", str(tmp_path), "--output-prefix",
+                 str(tmp_path / "x")]) == 2
+    assert "does not load" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_seed_wrapper_script(tmp_path):
+    """The seed's positional interface: INPUT_JSON TOKENIZER_NAME JSON_KEY OUTPUT_DIR TOKENIZER_DIR."""
+    script = ROOT / "toolkits" / "pretrain_data_preprocessing" / "run_make_pretraining_dataset_megatron.sh"
+    src = _jsonl(tmp_path / "c.json", GOOD)
+    tok_dir = ROOT / "pai_patch" / "assets" / "tokenizer"
+    out = subprocess.run(["bash", str(script), str(src), "Qwen2Tokenizer", "text", str(tmp_path / "out"), str(tok_dir)],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    prefix = tmp_path / "out" / "mmap_qwen2_datasets_text_document"
+    assert _tokens(prefix) == [load_tokenizer("shipped").encode(r["text"]) + [0] for r in GOOD]
+    bad = subprocess.run(["bash", str(script), str(src)], capture_output=True, text=True)
+    assert bad.returncode != 0 and "usage" in bad.stderr.lower()
