@@ -1,0 +1,148 @@
+"""megatron-core ``torch_dist`` checkpoints, written and read a few tensors at a time.
+
+A torch_dist checkpoint is a PyTorch-DCP directory: ``*.distcp`` data files, one pickled
+``.metadata`` listing every tensor's global shape and where each stored chunk lives,
+megatron's ``metadata.json`` and ``common.pt``.  Saving the whole model in one
+``dist_checkpointing.save`` call would hold it all in memory, so each tensor group is
+saved on its own (a single process may save part of a tensor: DCP checks coverage only
+across ranks) and the per-group ``.metadata`` files are merged, as megatron-core's own
+``remove_sharded_tensors`` rewrites it.  Keys follow ``model.sharded_state_dict()``:
+layers (and experts) are leading axes of one stacked tensor.
+"""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pai_patch.convert.layout import Item
+from pai_patch.convert.mapping import Scope
+
+METADATA = ".metadata"
+
+
+def is_dist(iter_dir: Path) -> bool:
+    return (iter_dir / "metadata.json").exists()
+
+
+def _prepend(item: Item, num_layers: int, num_experts: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(offsets, sizes) of the stacked leading axes of ``item``'s torch_dist tensor."""
+    if item.rule.scope is Scope.MODEL:
+        return (), ()
+    if item.rule.scope is Scope.LAYER:
+        return (item.layer,), (num_layers,)
+    return (item.layer, item.expert), (num_layers, num_experts)
+
+
+def sharded(item: Item, data: torch.Tensor, full: tuple[int, ...], row: int, num_layers: int,
+            num_experts: int) -> Any:
+    """The ShardedTensor for rows ``row:row+len(data)`` of ``item``'s full tensor.
+
+    The stacked axes are given as real size-1 dimensions of the data (not megatron's
+    ``prepend_axis_num``), which lets a chunk start at any row: DCP stores chunks by
+    offset, and readers at any layout find them the same way.
+    """
+    from megatron.core.dist_checkpointing import ShardedTensor
+
+    offsets, sizes = _prepend(item, num_layers, num_experts)
+    data = data.reshape((1,) * len(offsets) + tuple(data.shape))
+    return ShardedTensor(
+        key=item.rule.dist_key, data=data, dtype=data.dtype, local_shape=tuple(data.shape),
+        global_shape=sizes + tuple(full), global_offset=offsets + (row,) + (0,) * (len(full) - 1),
+        axis_fragmentations=None, replica_id=0,
+    )
+
+
+class DistWriter:
+    """Saves groups of ShardedTensors one ``dist_checkpointing.save`` at a time, then merges them."""
+
+    def __init__(self, iter_dir: Path, common: dict[str, Any]) -> None:
+        self.iter_dir = iter_dir
+        self.common = common
+        self.metadata: Any = None
+        self.pieces = 0
+        iter_dir.mkdir(parents=True)
+
+    def save(self, tensors: dict[str, Any]) -> None:
+        from megatron.core import dist_checkpointing
+
+        piece = self.iter_dir / f".piece{self.pieces:05d}"
+        piece.mkdir()
+        dist_checkpointing.save({**self.common, "model": tensors}, str(piece), validate_access_integrity=False)
+        with open(piece / METADATA, "rb") as handle:
+            metadata = pickle.load(handle)
+        renamed = {}
+        for path in piece.glob("*.distcp"):
+            renamed[path.name] = f"__{self.pieces}_{path.name.lstrip('_')}"
+            path.rename(self.iter_dir / renamed[path.name])
+        for info in metadata.storage_data.values():
+            info.relative_path = renamed[info.relative_path]
+        if self.metadata is None:
+            for name in ("common.pt", "metadata.json"):
+                (piece / name).rename(self.iter_dir / name)
+            self.metadata = metadata
+        else:
+            _merge(self.metadata, metadata)
+        shutil.rmtree(piece)
+        self.pieces += 1
+
+    def finish(self) -> None:
+        with open(self.iter_dir / METADATA, "wb") as handle:
+            pickle.dump(self.metadata, handle)
+
+
+def _merge(into: Any, other: Any) -> None:
+    """Add ``other``'s chunks and storage locations to ``into`` (DCP ``Metadata``)."""
+    for key, meta in other.state_dict_metadata.items():
+        if key not in into.state_dict_metadata:
+            into.state_dict_metadata[key] = meta
+        else:
+            into.state_dict_metadata[key].chunks.extend(meta.chunks)
+    into.storage_data.update(other.storage_data)
+    if isinstance(into.planner_data, dict) and isinstance(other.planner_data, dict):
+        into.planner_data.update(other.planner_data)
+
+
+class DistReader:
+    """Reads full tensors (or row blocks) of any torch_dist checkpoint, whatever TP/PP/EP wrote it."""
+
+    def __init__(self, iter_dir: Path) -> None:
+        from megatron.core import dist_checkpointing
+
+        self.iter_dir = iter_dir
+        self.tensors = dist_checkpointing.load_tensors_metadata(str(iter_dir))
+
+    def shape(self, item: Item) -> tuple[int, ...] | None:
+        """The full (unstacked) shape stored for ``item``; None when the checkpoint lacks its key."""
+        meta = self.tensors.get(item.rule.dist_key)
+        if meta is None:
+            return None
+        return tuple(meta.global_shape[len(_prepend(item, 1, 1)[0]):])
+
+    def dtype(self, item: Item) -> torch.dtype:
+        return self.tensors[item.rule.dist_key].dtype
+
+    def read(self, requests: list[tuple[Item, slice]]) -> list[torch.Tensor]:
+        """Rows ``rows`` of each item's full tensor, in one DCP load."""
+        from megatron.core import dist_checkpointing
+
+        if not requests:
+            return []
+        state = {}
+        for n, (item, rows) in enumerate(requests):
+            meta = self.tensors[item.rule.dist_key]
+            prepend = len(_prepend(item, 1, 1)[0])
+            full = tuple(meta.global_shape[prepend:])
+            data = torch.empty((rows.stop - rows.start, *full[1:]), dtype=meta.dtype)
+            layers, experts = (meta.global_shape[:prepend] + (1, 1))[:2]
+            state[str(n)] = sharded(item, data, full, rows.start, layers, experts)
+        loaded = dist_checkpointing.load({"model": state}, str(self.iter_dir), validate_access_integrity=False)
+        out = []
+        for n, (item, _) in enumerate(requests):
+            tensor = loaded["model"][str(n)]
+            out.append(tensor.reshape(tensor.shape[len(_prepend(item, 1, 1)[0]):]))  # drop the stacked axes
+        return out

@@ -1,0 +1,366 @@
+"""The conversion engine: HF safetensors <-> Megatron-Core (legacy or torch_dist), group by group.
+
+Everything model-specific comes from the family's :class:`~pai_patch.convert.mapping.WeightMapping`;
+this module only streams: it checks the whole input first (names, shapes, layout), then
+converts one tensor group (a decoder layer, or the embeddings) at a time, writing under
+a temporary name renamed into place at the end.  Tensors larger than ``BLOCK_BYTES`` that
+need no fusing (embeddings, output layer) move in row blocks, so peak memory is about one
+layer, not the model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+import torch
+from tqdm import tqdm
+
+from pai_patch.convert import dist, legacy
+from pai_patch.convert.layout import (Group, Item, check_layout, full_shape, groups, hf_shapes, local_expert,
+                                      shard, stage_layers, stage_of, to_hf, to_mcore, unshard)
+from pai_patch.convert.mapping import Fuse, Scope, Split, WeightMapping
+from pai_patch.convert.safetensors_stream import INDEX, SafetensorsReader, ShardedSafetensorsWriter
+from pai_patch.models.base import ModelSize
+from pai_patch.utils import atomic_path
+
+if TYPE_CHECKING:
+    from pai_patch.models.base import ModelFamily
+
+BLOCK_BYTES = 64 << 20
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: files of an HF checkpoint directory that are weights (everything else is copied by mcore2hf)
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack")
+
+
+@dataclass(frozen=True)
+class Model:
+    """A family at a size, with its mapping and the expected HF shapes."""
+
+    family: "ModelFamily"
+    size: ModelSize
+    mapping: WeightMapping
+    shapes: dict[str, tuple[int, ...]]
+    groups: list[Group]
+
+    @classmethod
+    def resolve(cls, family: "ModelFamily", size_name: str | None, hf_dir: Path) -> "Model":
+        """The size row named, or the one read from ``hf_dir/config.json``."""
+        config = hf_dir / "config.json"
+        if size_name:
+            size = family.size(size_name)
+        elif config.exists():
+            size = family.size_from_hf(json.loads(config.read_text()))
+        else:
+            raise FileNotFoundError(f"{config}: missing, and no --size given to know the model's shape")
+        mapping = family.weight_mapping()
+        return cls(family, size, mapping, hf_shapes(family, size), groups(mapping, size))
+
+    def full_shape(self, item: Item) -> tuple[int, ...]:
+        return full_shape(item, self.shapes, self.size)
+
+    @property
+    def num_experts(self) -> int:
+        return self.mapping.num_experts(self.size)
+
+    def row_blocks(self, item: Item, dtype: torch.dtype) -> list[slice]:
+        """Row ranges to move ``item`` in: one, unless it is large and needs no fusing."""
+        shape = self.full_shape(item)
+        rows = shape[0]
+        row_bytes = torch.empty(shape[1:], dtype=dtype, device="meta").numel() * dtype.itemsize
+        if item.rule.fuse is not Fuse.NONE or rows * row_bytes <= BLOCK_BYTES:
+            return [slice(0, rows)]
+        step = max(1, BLOCK_BYTES // row_bytes)
+        return [slice(a, min(a + step, rows)) for a in range(0, rows, step)]
+
+
+def _progress(group_list: list[Group], what: str) -> Iterator[Group]:
+    bar = tqdm(group_list, desc=what, unit="group", dynamic_ncols=True)
+    for group in bar:
+        bar.set_postfix_str(group.name)
+        yield group
+
+
+def _ensure_absent(path: Path) -> None:
+    if path.exists():
+        raise ValueError(f"{path}: target exists; remove it or choose another directory (nothing was written)")
+
+
+# ---- HF -> Megatron ---------------------------------------------------------------------
+class HfSource:
+    """Full Megatron tensors computed from an HF checkpoint, after checking it is complete and well-shaped."""
+
+    def __init__(self, model: Model, hf_dir: Path, dtype: torch.dtype | None) -> None:
+        self.model = model
+        self.reader = SafetensorsReader(hf_dir)
+        self.dtype = dtype
+        expected = {n for g in model.groups for i in g.items for n in i.hf_names}
+        found = self.reader.names()
+        if missing := sorted(expected - found):
+            raise ValueError(f"{hf_dir}: missing tensor {missing[0]}" + _more(missing))
+        if extra := sorted(found - expected):
+            raise ValueError(f"{hf_dir}: unexpected tensor {extra[0]} (not in the {model.family.name} mapping)"
+                             + _more(extra))
+        for name in sorted(expected):
+            want, got = model.shapes.get(name), self.reader.entries[name].shape
+            if want is not None and tuple(want) != got:
+                raise ValueError(f"{hf_dir}: tensor {name} has shape {list(got)}, but size "
+                                 f"{model.size.name} of {model.family.name} needs {list(want)}")
+
+    def out_dtype(self, item: Item) -> torch.dtype:
+        return self.dtype or self.reader.entries[item.hf_names[0]].dtype
+
+    def read(self, item: Item, rows: slice | None = None) -> torch.Tensor:
+        """Rows ``rows`` of ``item``'s full tensor (the vocabulary padding is zeros)."""
+        dtype = self.out_dtype(item)
+        if rows is None:
+            return to_mcore(item, [self.reader.read(n).to(dtype) for n in item.hf_names], self.model.size)
+        name = item.hf_names[0]
+        have = self.reader.entries[name].shape[0]
+        block = self.reader.read(name, slice(min(rows.start, have), min(rows.stop, have))).to(dtype)
+        if block.shape[0] < rows.stop - rows.start:
+            block = torch.cat([block, block.new_zeros(rows.stop - rows.start - block.shape[0], *block.shape[1:])])
+        return block
+
+
+def hf_to_mcore(family: "ModelFamily", size_name: str | None, hf_dir: Path, out_dir: Path, *, tp: int = 1,
+                pp: int = 1, ep: int = 1, fmt: str = "torch_dist", dtype: str | None = None,
+                use_te: bool = False) -> Model:
+    """Convert an HF checkpoint into a Megatron-Core ``release`` checkpoint at ``out_dir``."""
+    _ensure_absent(out_dir)
+    model = Model.resolve(family, size_name, hf_dir)
+    check_layout(model.size, model.mapping, tp, pp, ep)
+    source = HfSource(model, hf_dir, DTYPES[dtype] if dtype else None)
+    with atomic_path(out_dir, is_dir=True) as tmp:
+        iter_dir = legacy.iteration_dir(tmp, None)
+        meta = {"family": family.name, "size": model.size.as_dict(), "tp": tp, "pp": pp, "ep": ep, "use_te": use_te}
+        if fmt == "torch_dist":
+            _write_dist(model, source, iter_dir, meta)
+        else:
+            _write_legacy(model, source, iter_dir, meta, tp, pp, ep, use_te)
+        (tmp / legacy.TRACKER).write_text("release")
+    return model
+
+
+def _write_dist(model: Model, source: HfSource, iter_dir: Path, meta: dict) -> None:
+    """One ``save`` per group; a large unfused tensor is saved one row block at a time."""
+    writer = dist.DistWriter(iter_dir, {"iteration": 0, "checkpoint_version": legacy.CHECKPOINT_VERSION,
+                                        "pai_patch": meta})
+    layers, experts = model.size.num_layers, model.num_experts
+    for group in _progress(model.groups, "hf2mcore"):
+        pieces = {}
+        for item in group.items:
+            shape = model.full_shape(item)
+            blocks = model.row_blocks(item, source.out_dtype(item))
+            if len(blocks) == 1:
+                pieces[item.label] = dist.sharded(item, source.read(item), shape, 0, layers, experts)
+                continue
+            for rows in blocks:
+                writer.save({item.label: dist.sharded(item, source.read(item, rows), shape, rows.start, layers,
+                                                      experts)})
+        if pieces:
+            writer.save(pieces)
+    writer.finish()
+
+
+def _write_legacy(model: Model, source: HfSource, iter_dir: Path, meta: dict, tp: int, pp: int, ep: int,
+                  use_te: bool) -> None:
+    """One pipeline stage in memory at a time (a rank file is a single ``torch.save``)."""
+    layers, experts = model.size.num_layers, model.num_experts
+    embedding, output = model.mapping.tied
+    by_stage: dict[int, list[Group]] = {}
+    for group in model.groups:
+        by_stage.setdefault(stage_of(group, layers, pp), []).append(group)
+    bar = tqdm(total=len(model.groups), desc="hf2mcore", unit="group", dynamic_ncols=True)
+    for stage in range(pp):
+        first_layer = stage_layers(layers, pp, stage).start
+        files: dict[tuple[int, int], dict[str, torch.Tensor]] = {(t, e): {} for t in range(tp) for e in range(ep)}
+        for group in by_stage.get(stage, []):
+            bar.set_postfix_str(group.name)
+            for item in group.items:
+                full = source.read(item)
+                layer = None if item.layer is None else item.layer - first_layer
+                ep_ranks, expert = range(ep), None
+                if item.rule.scope is Scope.EXPERT:
+                    ep_rank, expert = local_expert(item.expert, experts, ep)
+                    ep_ranks = range(ep_rank, ep_rank + 1)
+                name = item.mcore_name(te=use_te, layer=layer, expert=expert)
+                for t in range(tp):
+                    piece = shard(item.rule, full, tp, t)
+                    for e in ep_ranks:
+                        files[(t, e)][name] = piece
+            bar.update()
+        if stage == pp - 1 and stage > 0 and model.size.tie_embeddings:
+            # megatron keeps the output layer on the last stage even when tied; it is synced to the embedding
+            tied_item = next(i for g in model.groups for i in g.items if i.rule.mcore == embedding)
+            full = source.read(tied_item)
+            for (t, _), state in files.items():
+                state[output] = shard(tied_item.rule, full, tp, t)
+        for (t, e), state in files.items():
+            legacy.save_file(legacy.LegacyLayout(tp, pp, ep).path(iter_dir, t, stage, e), state, meta, 0)
+    bar.close()
+
+
+# ---- Megatron -> HF ---------------------------------------------------------------------
+class McoreSource:
+    """Full Megatron tensors from a legacy or torch_dist checkpoint (a trainer's checkpoint included)."""
+
+    def __init__(self, model: Model, ckpt_dir: Path) -> None:
+        self.model = model
+        self.iter_dir, _ = legacy.read_tracker(ckpt_dir)
+        self.dist = dist.DistReader(self.iter_dir) if dist.is_dist(self.iter_dir) else None
+        if self.dist is None:
+            self.layout = legacy.LegacyLayout.detect(self.iter_dir)
+            self._stage: tuple[int, dict[tuple[int, int], dict[str, torch.Tensor]]] | None = None
+        self._check()
+
+    def _check(self) -> None:
+        for group in self.model.groups:
+            for item in group.items:
+                want = self.model.full_shape(item)
+                if self.dist is not None:
+                    got = self.dist.shape(item)
+                    if got is None:
+                        raise ValueError(f"{self.iter_dir}: missing tensor {item.rule.dist_key} (for {item.label})")
+                    if got != want:
+                        raise ValueError(f"{self.iter_dir}: tensor {item.rule.dist_key} has shape {list(got)}, but "
+                                         f"size {self.model.size.name} of {self.model.family.name} needs {list(want)}")
+        if self.dist is None:
+            check_layout(self.model.size, self.model.mapping, self.layout.tp, self.layout.pp, self.layout.ep)
+
+    def dtype(self) -> torch.dtype:
+        first = self.model.groups[0].items[0]
+        if self.dist is not None:
+            return self.dist.dtype(first)
+        return next(self.read_group(self.model.groups[0]))[2].dtype
+
+    def read_group(self, group: Group) -> Iterator[tuple[Item, slice, torch.Tensor]]:
+        """(item, rows, tensor): full tensors, or row blocks of large unfused ones (torch_dist), in order."""
+        if self.dist is not None:
+            blocked = [(item, self.model.row_blocks(item, self.dist.dtype(item))) for item in group.items]
+            whole = [(item, blocks[0]) for item, blocks in blocked if len(blocks) == 1]
+            loaded = dict(zip([item for item, _ in whole], self.dist.read(whole)))
+            for item, blocks in blocked:
+                if item in loaded:
+                    yield item, blocks[0], loaded.pop(item)
+                    continue
+                for rows in blocks:  # one load per block keeps memory at one block
+                    yield item, rows, self.dist.read([(item, rows)])[0]
+            return
+        stage = stage_of(group, self.model.size.num_layers, self.layout.pp)
+        files = self._load_stage(stage)
+        for item in group.items:
+            full = self._legacy_full(item, files, stage)
+            yield item, slice(0, full.shape[0]), full
+
+    def _load_stage(self, stage: int) -> dict[tuple[int, int], dict[str, torch.Tensor]]:
+        if self._stage is None or self._stage[0] != stage:
+            self._stage = None  # drop the previous stage before loading the next
+            lay = self.layout
+            files = {}
+            for t in range(lay.tp):
+                for e in range(lay.ep):
+                    path = lay.path(self.iter_dir, t, stage, e)
+                    chunks = legacy.model_state(legacy.load_file(path), path)
+                    if len(chunks) != 1:
+                        raise ValueError(f"{path}: {len(chunks)} virtual-pipeline chunks; convert it with "
+                                         f"the trainer's torch_dist format instead")
+                    files[(t, e)] = chunks[0]
+            self._check_names(stage, files)
+            self._stage = (stage, files)
+        return self._stage[1]
+
+    def _check_names(self, stage: int, files: dict[tuple[int, int], dict[str, torch.Tensor]]) -> None:
+        """Every tensor in a rank file must be one the mapping knows (or a TE ``_extra_state``)."""
+        first_layer = stage_layers(self.model.size.num_layers, self.layout.pp, stage).start
+        known = {self.model.mapping.tied[1]}
+        for group in self.model.groups:
+            if stage_of(group, self.model.size.num_layers, self.layout.pp) != stage:
+                continue
+            for item in group.items:
+                for te in (False, True):
+                    known.add(self._name(item, first_layer, te))
+        for (t, e), state in files.items():
+            extra = sorted(k for k in state if k not in known and not k.endswith("._extra_state"))
+            if extra:
+                path = self.layout.path(self.iter_dir, t, stage, e)
+                raise ValueError(f"{path}: unexpected tensor {extra[0]} (not in the "
+                                 f"{self.model.family.name} mapping)" + _more(extra))
+
+    def _name(self, item: Item, first_layer: int, te: bool) -> str:
+        layer = None if item.layer is None else item.layer - first_layer
+        expert = None
+        if item.expert is not None:
+            expert = local_expert(item.expert, self.model.num_experts, self.layout.ep)[1]
+        return item.mcore_name(te=te, layer=layer, expert=expert)
+
+    def _legacy_full(self, item: Item, files: dict[tuple[int, int], dict[str, torch.Tensor]],
+                     stage: int) -> torch.Tensor:
+        first_layer = stage_layers(self.model.size.num_layers, self.layout.pp, stage).start
+        ep_rank = 0 if item.expert is None else local_expert(item.expert, self.model.num_experts, self.layout.ep)[0]
+        pieces = []
+        for t in range(self.layout.tp):
+            state = files[(t, ep_rank)]
+            names = [self._name(item, first_layer, te) for te in (False, True)]
+            name = next((n for n in names if n in state), None)
+            if name is None:
+                path = self.layout.path(self.iter_dir, t, stage, ep_rank)
+                raise ValueError(f"{path}: missing tensor {names[0]}")
+            pieces.append(state[name])
+        full = unshard(item.rule, pieces)
+        want = self.model.full_shape(item)
+        if tuple(full.shape) != want:
+            raise ValueError(f"{self.iter_dir}: tensor {item.label} has shape {list(full.shape)} after joining "
+                             f"TP={self.layout.tp} pieces, but size {self.model.size.name} needs {list(want)}")
+        return full
+
+
+def mcore_to_hf(family: "ModelFamily", size_name: str | None, ckpt_dir: Path, out_dir: Path, source_hf: Path, *,
+                dtype: str | None = None, max_shard_bytes: int = 2 << 30) -> Model:
+    """Convert a Megatron-Core checkpoint into an HF directory loadable by ``from_pretrained``."""
+    _ensure_absent(out_dir)
+    if not (source_hf / "config.json").exists():
+        raise FileNotFoundError(f"{source_hf / 'config.json'}: missing; --source-hf must be the HF checkpoint "
+                                "the config and tokenizer come from")
+    model = Model.resolve(family, size_name, source_hf)
+    source = McoreSource(model, ckpt_dir)
+    out_dtype = DTYPES[dtype] if dtype else source.dtype()
+    plan = [(name, model.shapes[name], out_dtype) for g in model.groups for i in g.items for name in i.hf_names]
+    with atomic_path(out_dir, is_dir=True) as tmp:
+        writer = ShardedSafetensorsWriter(tmp, plan, max_shard_bytes)
+        for group in _progress(model.groups, "mcore2hf"):
+            for item, rows, block in source.read_group(group):
+                for name, tensor in zip(item.hf_names, _hf_block(item, rows, block, model)):
+                    if tensor.numel():
+                        writer.write(name, tensor.to(out_dtype))
+        writer.finish()
+        _copy_hf_side(source_hf, tmp, out_dtype)
+    return model
+
+
+def _hf_block(item: Item, rows: slice, block: torch.Tensor, model: Model) -> list[torch.Tensor]:
+    """HF tensors of a full tensor, or the HF rows of a row block of an unfused one."""
+    if rows.stop - rows.start == model.full_shape(item)[0]:
+        return to_hf(item, block, model.size)
+    if item.rule.split is Split.VOCAB:
+        return [block[: max(0, model.size.vocab_size - rows.start)]]  # the padding rows are not HF's
+    return [block]
+
+
+def _copy_hf_side(source_hf: Path, out: Path, dtype: torch.dtype) -> None:
+    """config.json (dtype updated) and the tokenizer/generation files of the source HF checkpoint."""
+    for path in source_hf.iterdir():
+        if path.is_file() and not path.name.endswith(WEIGHT_SUFFIXES) and path.name not in (INDEX, "config.json"):
+            shutil.copy2(path, out / path.name)
+    config = json.loads((source_hf / "config.json").read_text())
+    name = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
+    config["torch_dtype" if "torch_dtype" in config else "dtype"] = name
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _more(names: list[str]) -> str:
+    return f" (and {len(names) - 1} more: {', '.join(names[1:4])}{', ...' if len(names) > 4 else ''})" \
+        if len(names) > 1 else ""

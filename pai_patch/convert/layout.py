@@ -1,0 +1,177 @@
+"""From a declarative mapping to concrete tensors: which exist, their shapes, and their TP/PP/EP pieces.
+
+Megatron tensors are handled in their *full* form (all TP ranks together, vocabulary
+padded, QKV interleaved, GLU as [gate; up]): that form is what torch_dist stores, so it
+is TP-independent; legacy files hold its :func:`shard` for one rank.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator
+
+import torch
+
+from pai_patch.convert.mapping import Fuse, Scope, Split, Stage, TensorRule, WeightMapping
+from pai_patch.models.base import ModelSize, Runtime, padded_vocab_size
+from pai_patch.parallel import LayoutError, validate_layout
+
+if TYPE_CHECKING:
+    from pai_patch.models.base import ModelFamily
+
+
+@dataclass(frozen=True)
+class Item:
+    """One Megatron tensor: a rule at a global layer and global expert."""
+
+    rule: TensorRule
+    layer: int | None = None
+    expert: int | None = None
+
+    @property
+    def hf_names(self) -> tuple[str, ...]:
+        return tuple(n.format(layer=self.layer, expert=self.expert) for n in self.rule.hf)
+
+    def mcore_name(self, *, te: bool = False, layer: int | None = None, expert: int | None = None) -> str:
+        """The legacy state-dict name, with the stage-local layer and EP-local expert numbers."""
+        return self.rule.name(te).format(layer=layer, expert=expert)
+
+    @property
+    def label(self) -> str:
+        return self.rule.mcore.format(layer=self.layer, expert=self.expert)
+
+
+@dataclass(frozen=True)
+class Group:
+    """Tensors converted together: the unit of streaming and of the progress bar."""
+
+    name: str
+    items: tuple[Item, ...]
+    layer: int | None = None  # the decoder layer, for PP placement; None for MODEL scope
+    stage: Stage | None = None
+
+
+def groups(mapping: WeightMapping, size: ModelSize) -> list[Group]:
+    """Embeddings, then one group per decoder layer (its experts included), then the head."""
+
+    def model_items(stage: Stage) -> tuple[Item, ...]:
+        return tuple(Item(r) for r in mapping.scope(Scope.MODEL) if r.stage is stage and r.applies(size))
+
+    experts = range(mapping.num_experts(size))
+    out = [Group("embeddings", model_items(Stage.FIRST), stage=Stage.FIRST)]
+    for layer in range(size.num_layers):
+        items = [Item(r, layer) for r in mapping.scope(Scope.LAYER) if r.applies(size, layer)]
+        items += [Item(r, layer, e) for r in mapping.scope(Scope.EXPERT) if r.applies(size, layer) for e in experts]
+        out.append(Group(f"layer {layer}", tuple(items), layer=layer))
+    out.append(Group("output", model_items(Stage.LAST), stage=Stage.LAST))
+    return [g for g in out if g.items]
+
+
+# ---- parallel layout ------------------------------------------------------------------
+def check_layout(size: ModelSize, mapping: WeightMapping, tp: int, pp: int, ep: int) -> None:
+    """The rules a converted checkpoint must satisfy to load at this TP/PP/EP (LayoutError names the rule)."""
+    experts = mapping.num_experts(size)
+    validate_layout(size, Runtime(tp=tp, pp=pp, ep=ep), tp * pp * ep, num_experts=experts or None)
+    padded = padded_vocab_size(size.vocab_size)
+    if padded % tp:
+        raise LayoutError(f"invalid parallel layout: TP={tp} must divide the padded vocabulary "
+                          f"({size.vocab_size} padded to {padded})")
+
+
+def stage_layers(num_layers: int, pp: int, stage: int) -> range:
+    """Global layers held by pipeline stage ``stage`` (megatron's even split)."""
+    per = num_layers // pp
+    return range(stage * per, (stage + 1) * per)
+
+
+def stage_of(group: Group, num_layers: int, pp: int) -> int:
+    if group.layer is not None:
+        return group.layer // (num_layers // pp)
+    return 0 if group.stage is Stage.FIRST else pp - 1
+
+
+def local_expert(expert: int, num_experts: int, ep: int) -> tuple[int, int]:
+    """(EP rank, local expert number) of a global expert: ranks own contiguous ranges."""
+    per = num_experts // ep
+    return expert // per, expert % per
+
+
+# ---- HF <-> full Megatron tensors ---------------------------------------------------
+def to_mcore(item: Item, parts: list[torch.Tensor], size: ModelSize) -> torch.Tensor:
+    """Combine the HF tensors of ``item`` into the full Megatron tensor (vocab padded)."""
+    rule = item.rule
+    if rule.fuse is Fuse.QKV:
+        groups_, heads = size.num_query_groups, size.num_attention_heads
+        q, k, v = parts
+        rest = q.shape[1:]
+        head_dim = q.shape[0] // heads
+        full = torch.cat([q.reshape(groups_, heads // groups_ * head_dim, *rest),
+                          k.reshape(groups_, head_dim, *rest), v.reshape(groups_, head_dim, *rest)], dim=1)
+        return full.reshape(-1, *rest)
+    full = torch.cat(parts) if rule.fuse is Fuse.CONCAT else parts[0]
+    if rule.split is Split.VOCAB:
+        padding = padded_vocab_size(size.vocab_size) - full.shape[0]
+        if padding > 0:
+            full = torch.cat([full, full.new_zeros(padding, *full.shape[1:])])
+    return full
+
+
+def to_hf(item: Item, full: torch.Tensor, size: ModelSize) -> list[torch.Tensor]:
+    """Inverse of :func:`to_mcore`: the HF tensors of ``item`` (contiguous, padding dropped)."""
+    rule = item.rule
+    if rule.fuse is Fuse.QKV:
+        groups_, heads = size.num_query_groups, size.num_attention_heads
+        rest = full.shape[1:]
+        head_dim = full.shape[0] // (heads + 2 * groups_)
+        per_group = full.reshape(groups_, (heads // groups_ + 2) * head_dim, *rest)
+        q, k, v = per_group.split([heads // groups_ * head_dim, head_dim, head_dim], dim=1)
+        return [t.reshape(-1, *rest).contiguous() for t in (q, k, v)]
+    if rule.split is Split.VOCAB:
+        full = full[: size.vocab_size]
+    if rule.fuse is Fuse.CONCAT:
+        return [t.contiguous() for t in full.chunk(len(rule.hf))]
+    return [full.contiguous()]
+
+
+def shard(rule: TensorRule, full: torch.Tensor, tp: int, rank: int) -> torch.Tensor:
+    """The piece of a full Megatron tensor that TP rank ``rank`` holds."""
+    if rule.split is Split.REPLICATED or tp == 1:
+        return full
+    if rule.split is Split.ROW:
+        return full.chunk(tp, dim=1)[rank].contiguous()
+    if rule.split is Split.GLU:
+        return torch.cat([half.chunk(tp)[rank] for half in full.chunk(2)])
+    return full.chunk(tp)[rank].contiguous()
+
+
+def unshard(rule: TensorRule, pieces: list[torch.Tensor]) -> torch.Tensor:
+    """Inverse of :func:`shard` over all TP ranks."""
+    if rule.split is Split.REPLICATED or len(pieces) == 1:
+        return pieces[0]
+    if rule.split is Split.ROW:
+        return torch.cat(pieces, dim=1)
+    if rule.split is Split.GLU:
+        halves = [p.chunk(2) for p in pieces]
+        return torch.cat([h[0] for h in halves] + [h[1] for h in halves])
+    return torch.cat(pieces)
+
+
+# ---- expected shapes ------------------------------------------------------------------
+def hf_shapes(family: "ModelFamily", size: ModelSize) -> dict[str, tuple[int, ...]]:
+    """Every HF tensor's shape, from transformers itself (a meta-device model: no memory)."""
+    import transformers
+
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(family.hf_config(size))
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+
+def full_shape(item: Item, shapes: dict[str, tuple[int, ...]], size: ModelSize) -> tuple[int, ...]:
+    """The full Megatron shape of ``item``, derived from the HF shapes by the same transform."""
+    parts = [torch.empty(shapes[n], device="meta") for n in item.hf_names]
+    return tuple(to_mcore(item, parts, size).shape)
+
+
+def iter_items(group_list: list[Group]) -> Iterator[Item]:
+    for group in group_list:
+        yield from group.items

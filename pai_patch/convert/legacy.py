@@ -1,0 +1,106 @@
+"""Megatron's legacy checkpoint layout: one ``torch.save`` file per model-parallel rank.
+
+``<dir>/latest_checkpointed_iteration.txt`` names the iteration (or ``release``), and
+``<dir>/iter_XXXXXXX/mp_rank_TT[_PPP][_EEE]/model_optim_rng.pt`` holds ``{"model": state_dict}``
+(``model0``, ``model1``, ... for virtual-pipeline chunks) with layers numbered locally
+to their pipeline stage and experts locally to their EP rank.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+TRACKER = "latest_checkpointed_iteration.txt"
+FILE = "model_optim_rng.pt"
+CHECKPOINT_VERSION = 3.0
+_RANK_DIR = re.compile(r"^mp_rank_(\d{2})(?:_(\d{3}))?(?:_(\d{3}))?$")
+
+
+def iteration_dir(ckpt_dir: Path, iteration: int | None) -> Path:
+    return ckpt_dir / ("release" if iteration is None else f"iter_{iteration:07d}")
+
+
+def read_tracker(ckpt_dir: str | Path) -> tuple[Path, int]:
+    """The iteration directory named by the tracker file, and its iteration (0 for ``release``)."""
+    ckpt_dir = Path(ckpt_dir)
+    tracker = ckpt_dir / TRACKER
+    if not tracker.exists():
+        raise FileNotFoundError(f"{tracker}: missing; not a Megatron checkpoint directory")
+    text = tracker.read_text().strip()
+    if text == "release":
+        return ckpt_dir / "release", 0
+    if not text.isdigit():
+        raise ValueError(f"{tracker}: expected an iteration number or 'release', found {text!r}")
+    return iteration_dir(ckpt_dir, int(text)), int(text)
+
+
+def rank_dir(tp_rank: int, pp_rank: int, ep_rank: int, pp: int, ep: int) -> str:
+    """Megatron's ``get_checkpoint_name``: the PP field only with PP > 1, the EP field only with EP > 1."""
+    name = f"mp_rank_{tp_rank:02d}"
+    if pp > 1:
+        name += f"_{pp_rank:03d}"
+    if ep > 1:
+        name += f"_{ep_rank:03d}"
+    return name
+
+
+@dataclass(frozen=True)
+class LegacyLayout:
+    """The TP/PP/EP a legacy checkpoint was written for (its rank files must match a loading run)."""
+
+    tp: int
+    pp: int
+    ep: int
+
+    @classmethod
+    def detect(cls, iter_dir: Path) -> "LegacyLayout":
+        """From the metadata we write, else Megatron's saved ``args``, else the rank directory names."""
+        ranks = [m for p in sorted(iter_dir.iterdir()) if (m := _RANK_DIR.match(p.name))]
+        if not ranks:
+            raise FileNotFoundError(f"{iter_dir}: no mp_rank_* directories")
+        first = load_file(iter_dir / ranks[0].group(0) / FILE)
+        if "pai_patch" in first:
+            meta = first["pai_patch"]
+            return cls(meta["tp"], meta["pp"], meta["ep"])
+        args = first.get("args")
+        if args is not None:
+            return cls(args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
+                       getattr(args, "expert_model_parallel_size", 1))
+        # Without metadata a single extra field is read as the pipeline rank (dense models).
+        tp = 1 + max(int(m.group(1)) for m in ranks)
+        pp = 1 + max(int(m.group(2) or 0) for m in ranks)
+        ep = 1 + max(int(m.group(3) or 0) for m in ranks)
+        return cls(tp, pp, ep)
+
+    def path(self, iter_dir: Path, tp_rank: int, pp_rank: int, ep_rank: int) -> Path:
+        return iter_dir / rank_dir(tp_rank, pp_rank, ep_rank, self.pp, self.ep) / FILE
+
+
+def load_file(path: Path) -> dict[str, Any]:
+    """A rank file; only tensors, containers and Megatron's ``argparse.Namespace`` are unpickled."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing rank file")
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def model_state(checkpoint: dict[str, Any], path: Path) -> list[dict[str, torch.Tensor]]:
+    """The model chunks of a rank file: ``model`` or ``model0``, ``model1``, ... (virtual pipeline)."""
+    if "model" in checkpoint:
+        return [checkpoint["model"]]
+    chunks = sorted((k for k in checkpoint if re.fullmatch(r"model\d+", k)), key=lambda k: int(k[5:]))
+    if not chunks:
+        raise ValueError(f"{path}: no 'model' entry (keys: {', '.join(sorted(checkpoint))})")
+    return [checkpoint[k] for k in chunks]
+
+
+def save_file(path: Path, state: dict[str, torch.Tensor], meta: dict[str, Any], iteration: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": state, "checkpoint_version": CHECKPOINT_VERSION, "iteration": iteration,
+                "pai_patch": meta}, path)

@@ -1,0 +1,183 @@
+"""Read and write (sharded) safetensors one tensor, or one row block, at a time.
+
+The ``safetensors`` library memory-maps whole files: every page a conversion touches
+stays resident (and counts in RSS) until the file is closed, so peak memory grows to
+the checkpoint size.  The format is a JSON header followed by raw little-endian bytes,
+so plain positioned reads and appends bound memory by the block being converted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+CODES = {dtype: code for code, dtype in DTYPES.items()}
+INDEX = "model.safetensors.index.json"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """Where one tensor's bytes live."""
+
+    path: Path
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    start: int  # absolute file offset of the first byte
+
+    @property
+    def row_bytes(self) -> int:
+        return _numel(self.shape[1:]) * _itemsize(self.dtype)
+
+
+class SafetensorsReader:
+    """The tensors of an HF checkpoint directory (``model.safetensors`` or an index of shards)."""
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        directory = Path(directory)
+        index = directory / INDEX
+        if index.exists():
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        else:
+            files = sorted(p.name for p in directory.glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"{directory}: no *.safetensors files (and no {INDEX})")
+        self.entries: dict[str, Entry] = {}
+        for name in files:
+            self.entries.update(_read_header(directory / name))
+
+    def names(self) -> set[str]:
+        return set(self.entries)
+
+    def read(self, name: str, rows: slice | None = None) -> torch.Tensor:
+        """The tensor ``name`` (or its rows ``rows``) as a fresh CPU tensor."""
+        entry = self.entries[name]
+        first, stop = (0, entry.shape[0] if entry.shape else 1) if rows is None else (rows.start, rows.stop)
+        shape = entry.shape if rows is None else (stop - first, *entry.shape[1:])
+        out = torch.empty(shape, dtype=entry.dtype)
+        if out.numel():
+            buffer = memoryview(out.view(-1).view(torch.uint8).numpy())
+            with open(entry.path, "rb", buffering=0) as handle:
+                handle.seek(entry.start + first * entry.row_bytes)
+                done = 0
+                while done < len(buffer):  # one read() returns at most ~2 GiB on Linux
+                    got = handle.readinto(buffer[done:])
+                    if not got:
+                        raise ValueError(f"{entry.path}: tensor {name} is truncated")
+                    done += got
+        return out
+
+
+def _read_header(path: Path) -> dict[str, Entry]:
+    with open(path, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+    base = 8 + length
+    entries = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in DTYPES:
+            raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+        entries[name] = Entry(path, DTYPES[info["dtype"]], tuple(info["shape"]), base + info["data_offsets"][0])
+    return entries
+
+
+class ShardedSafetensorsWriter:
+    """Writes tensors in a fixed, announced order into shards of at most ``max_shard_bytes``.
+
+    Headers need every tensor's offset, so the full list of (name, shape, dtype) is given
+    up front; :meth:`write` then appends bytes, possibly in row blocks, in that order.
+    """
+
+    def __init__(self, directory: Path, plan: Iterable[tuple[str, tuple[int, ...], torch.dtype]],
+                 max_shard_bytes: int) -> None:
+        self.directory = directory
+        shards: list[list[tuple[str, tuple[int, ...], torch.dtype]]] = [[]]
+        size = 0
+        for name, shape, dtype in plan:
+            nbytes = _numel(shape) * _itemsize(dtype)
+            if shards[-1] and size + nbytes > max_shard_bytes:
+                shards.append([])
+                size = 0
+            shards[-1].append((name, tuple(shape), dtype))
+            size += nbytes
+        total = len(shards)
+        self.files = [f"model-{i + 1:05d}-of-{total:05d}.safetensors" for i in range(total)]
+        self.order = [(name, shard) for shard, items in enumerate(shards) for name, _, _ in items]
+        self.sizes = {name: _numel(shape) * _itemsize(dtype) for items in shards for name, shape, dtype in items}
+        self.headers = [_header(items) for items in shards]
+        self._position = 0  # index into self.order of the tensor being written
+        self._written = 0   # bytes of that tensor written so far
+        self._handle = None
+        self._shard = -1
+
+    def write(self, name: str, block: torch.Tensor) -> None:
+        """Append ``block`` (the whole tensor ``name`` or its next rows)."""
+        expected, shard = self.order[self._position]
+        if name != expected:
+            raise ValueError(f"safetensors writer: got {name}, expected {expected} next")
+        if shard != self._shard:
+            self._open(shard)
+        data = block.detach().contiguous().view(-1).view(torch.uint8).numpy()
+        self._handle.write(memoryview(data))
+        self._written += data.nbytes
+        if self._written > self.sizes[name]:
+            raise ValueError(f"safetensors writer: {name} got more bytes than its shape holds")
+        if self._written == self.sizes[name]:
+            self._position += 1
+            self._written = 0
+
+    def _open(self, shard: int) -> None:
+        self.close_file()
+        self._shard = shard
+        self._handle = open(self.directory / self.files[shard], "wb")
+        header = self.headers[shard]
+        self._handle.write(struct.pack("<Q", len(header)))
+        self._handle.write(header)
+
+    def close_file(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def finish(self) -> None:
+        """Close the last shard and write ``model.safetensors.index.json``."""
+        if self._position != len(self.order):
+            raise ValueError(f"safetensors writer: {self.order[self._position][0]} was never written")
+        self.close_file()
+        weight_map = {name: self.files[shard] for name, shard in self.order}
+        index = {"metadata": {"total_size": sum(self.sizes.values())}, "weight_map": weight_map}
+        (self.directory / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def _header(items: list[tuple[str, tuple[int, ...], torch.dtype]]) -> bytes:
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, shape, dtype in items:
+        nbytes = _numel(shape) * _itemsize(dtype)
+        header[name] = {"dtype": CODES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    return raw + b" " * (-len(raw) % 8)  # keep tensor data 8-byte aligned, as the library does
+
+
+def _numel(shape: Iterable[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
