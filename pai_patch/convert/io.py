@@ -1,0 +1,129 @@
+"""Load a converted (or trained) Megatron-Core checkpoint into model chunks: the trainer's entry point.
+
+``torch_dist`` checkpoints load at any TP/PP/EP through each chunk's
+``sharded_state_dict()``; legacy ones hold one file per rank and so must match the run's
+layout.  Tensors named for the other layer spec (TE's fused layer norms vs the local
+spec's separate ones) are renamed using every family's mapping, and ``_extra_state``
+entries (TE FP8 metadata) a checkpoint lacks are kept from the model.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from pai_patch.convert import dist, legacy
+
+
+def load_model_checkpoint(model_chunks: list[torch.nn.Module], ckpt_dir: str, *, strict: bool = True) -> int:
+    """Fill ``model_chunks`` from the checkpoint in ``ckpt_dir``; returns its iteration (0 for ``release``)."""
+    iter_dir, iteration = legacy.read_tracker(ckpt_dir)
+    if dist.is_dist(iter_dir):
+        _load_dist(model_chunks, iter_dir, strict)
+    else:
+        _load_legacy(model_chunks, iter_dir, strict)
+    return iteration
+
+
+def _chunk_keys(n: int) -> list[str]:
+    """Megatron's nesting: ``model`` for one chunk, ``model0``, ``model1``, ... for virtual pipeline."""
+    return ["model"] if n == 1 else [f"model{i}" for i in range(n)]
+
+
+def _load_dist(chunks: list[torch.nn.Module], iter_dir: Path, strict: bool) -> None:
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing import ShardedObject
+    from megatron.core.dist_checkpointing.serialization import load_sharded_metadata
+
+    available = set(load_sharded_metadata(str(iter_dir)))
+    request, missing = {}, []
+    for key, chunk in zip(_chunk_keys(len(chunks)), chunks):
+        wanted = {}
+        for name, sharded in chunk.sharded_state_dict().items():
+            if isinstance(sharded, ShardedObject):
+                if sharded.unique_key in available:
+                    wanted[name] = sharded
+            elif sharded.key in available:
+                wanted[name] = sharded
+            else:
+                missing.append(sharded.key)
+        request[key] = wanted
+    if missing and strict:
+        raise ValueError(f"{iter_dir}: missing tensor {missing[0]}" + (f" (and {len(missing) - 1} more)"
+                                                                       if len(missing) > 1 else ""))
+    loaded = dist_checkpointing.load(request, str(iter_dir))
+    for key, chunk in zip(request, chunks):
+        _apply(chunk, loaded[key], strict=False)
+
+
+def _load_legacy(chunks: list[torch.nn.Module], iter_dir: Path, strict: bool) -> None:
+    from megatron.core import parallel_state as ps
+
+    layout = legacy.LegacyLayout.detect(iter_dir)
+    run = (ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size(),
+           ps.get_expert_model_parallel_world_size())
+    if (layout.tp, layout.pp, layout.ep) != run:
+        raise ValueError(f"{iter_dir}: legacy checkpoint written for TP={layout.tp} PP={layout.pp} EP={layout.ep}, "
+                         f"but this run uses TP={run[0]} PP={run[1]} EP={run[2]}; convert again with matching "
+                         "--tp/--pp/--ep, or use --format torch_dist, which loads at any layout")
+    path = layout.path(iter_dir, ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank(),
+                       ps.get_expert_model_parallel_rank())
+    states = legacy.model_state(legacy.load_file(path), path)
+    if len(states) != len(chunks):
+        raise ValueError(f"{path}: {len(states)} model chunk(s), but this run built {len(chunks)} (virtual pipeline)")
+    for chunk, state in zip(chunks, states):
+        _apply(chunk, _translate(state, chunk.state_dict()), strict=strict, path=path)
+
+
+def _apply(chunk: torch.nn.Module, state: dict, *, strict: bool, path: Path | None = None) -> None:
+    """``load_state_dict`` keeping the model's own ``_extra_state`` where the checkpoint has none."""
+    own = chunk.state_dict()
+    state = {**{k: v for k, v in own.items() if k.endswith("._extra_state")}, **state}
+    result = chunk.load_state_dict(state, strict=False)
+    if strict and (result.missing_keys or result.unexpected_keys):
+        problem = (f"missing tensor {result.missing_keys[0]}" if result.missing_keys
+                   else f"unexpected tensor {result.unexpected_keys[0]}")
+        raise ValueError(f"{path}: {problem} for this model")
+
+
+def _translate(state: dict, own: dict) -> dict:
+    """Rename tensors of the other layer spec (TE <-> local) to the names this model uses."""
+    out = {}
+    for name, tensor in state.items():
+        if name not in own:
+            if name.endswith("._extra_state"):
+                continue
+            name = next((renamed for renamed in _renames(name) if renamed in own), name)
+        out[name] = tensor
+    return out
+
+
+def _renames(name: str) -> Iterator[str]:
+    for source, target in _spec_pairs():
+        if match := source.fullmatch(name):
+            yield target.format(**match.groupdict())
+
+
+_PAIRS: list[tuple[re.Pattern, str]] | None = None
+
+
+def _spec_pairs() -> list[tuple[re.Pattern, str]]:
+    """(pattern, template) for each local<->TE name pair in any registered family's mapping."""
+    global _PAIRS
+    if _PAIRS is None:
+        from pai_patch.models import families
+
+        _PAIRS = []
+        for family in families().values():
+            for rule in family.weight_mapping().rules:
+                if rule.te:
+                    _PAIRS += [(_pattern(rule.mcore), rule.te), (_pattern(rule.te), rule.mcore)]
+    return _PAIRS
+
+
+def _pattern(template: str) -> re.Pattern:
+    escaped = re.escape(template).replace(r"\{layer\}", r"(?P<layer>\d+)").replace(r"\{expert\}", r"(?P<expert>\d+)")
+    return re.compile(escaped)
