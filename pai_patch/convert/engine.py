@@ -99,16 +99,16 @@ class HfSource:
         self.dtype = dtype
         expected = {n for g in model.groups for i in g.items for n in i.hf_names}
         found = self.reader.names()
+        for name in sorted(expected & found):  # shapes first: a wrong --size shows as the embedding's shape
+            want, got = model.shapes.get(name), self.reader.entries[name].shape
+            if want is not None and tuple(want) != got:
+                raise ValueError(f"{hf_dir}: tensor {name} has shape {list(got)}, but size "
+                                 f"{model.size.name} of {model.family.name} needs {list(want)}")
         if missing := sorted(expected - found):
             raise ValueError(f"{hf_dir}: missing tensor {missing[0]}" + _more(missing))
         if extra := sorted(found - expected):
             raise ValueError(f"{hf_dir}: unexpected tensor {extra[0]} (not in the {model.family.name} mapping)"
                              + _more(extra))
-        for name in sorted(expected):
-            want, got = model.shapes.get(name), self.reader.entries[name].shape
-            if want is not None and tuple(want) != got:
-                raise ValueError(f"{hf_dir}: tensor {name} has shape {list(got)}, but size "
-                                 f"{model.size.name} of {model.family.name} needs {list(want)}")
 
     def out_dtype(self, item: Item) -> torch.dtype:
         return self.dtype or self.reader.entries[item.hf_names[0]].dtype
