@@ -80,10 +80,11 @@ def _run_mcore(args: argparse.Namespace, params: SamplingParams, prompts: list[s
     tokenizer = load_tokenizer(args.tokenizer or SHIPPED_TOKENIZER)
     rt = Runtime(tp=args.tp, precision=args.precision)
     with model_parallel(rt):
+        rank0 = dist.get_rank() == 0
         decoder = mcore_decoder(args.mcore, args.family, args.size, rt)
         generate_file(decoder, tokenizer, prompts, args.output, params, chat=args.chat,
-                      max_prompt_tokens=args.max_prompt_tokens, write=dist.get_rank() == 0, agree=_rank0_token)
-    if dist.get_rank() == 0:
+                      max_prompt_tokens=args.max_prompt_tokens, write=rank0, agree=_rank0_token)
+    if rank0:
         print(f"wrote {len(prompts)} generations to {args.output}")
     return 0
 
@@ -104,6 +105,6 @@ def _relaunch(tp: int) -> int:
     if "generate" not in sys.argv:
         raise ValueError(f"--tp {tp}: launch with `torchrun --nproc_per_node {tp} -m pai_patch generate ...`")
     rest = sys.argv[sys.argv.index("generate") + 1:]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(tp), "--master_port",
-           os.environ.get("MASTER_PORT", "29517"), "-m", "pai_patch", "generate", *rest]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(tp), "--standalone",
+           "-m", "pai_patch", "generate", *rest]
     return subprocess.call(cmd)

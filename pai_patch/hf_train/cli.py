@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--nproc {args.nproc}: launch with `torchrun --nproc_per_node {args.nproc} -m pai_patch hf_train ...`")
         rest = _without_nproc(sys.argv[sys.argv.index("hf_train") + 1:])
         return subprocess.call([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc),
-                                "--master_port", os.environ.get("MASTER_PORT", "29531"), "-m", "pai_patch", "hf_train",
+                                "--standalone", "-m", "pai_patch", "hf_train",
                                 *rest])
     from pai_patch.hf_train.trainer import HFTrainConfig, train
 
