@@ -75,7 +75,7 @@ def copy_dense_weights(hf: torch.nn.Module, mcore: torch.nn.Module, size: ModelS
     assert not unexpected and not [k for k in missing if not k.endswith("_extra_state")]
 
 
-@pytest.mark.parametrize("family", ["qwen2_5", "llama2"])
+@pytest.mark.parametrize("family", ["qwen2_5", "llama2", "deepseek_v2"])
 @pytest.mark.parametrize("penalty", [1.0, 1.3])
 def test_hf_loop_matches_transformers_generate(family: str, penalty: float) -> None:
     model = tiny_hf(family)
@@ -131,8 +131,13 @@ def _cli_generate(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family, tp", [("qwen2_5", 1), ("llama2", 1),
-                                        pytest.param("qwen2_5", 2, marks=pytest.mark.dist)])
+@pytest.mark.parametrize("family, tp", [
+    ("qwen2_5", 1), ("llama2", 1), pytest.param("qwen2_5", 2, marks=pytest.mark.dist),
+    # transformers 5 stores DeepSeek-V2 experts fused (mlp.experts.gate_up_proj); the converter's
+    # mapping still names them per expert (mlp.experts.{expert}.gate_proj.weight)
+    pytest.param("deepseek_v2", 1, marks=pytest.mark.xfail(raises=KeyError, strict=True,
+                                                           reason="converter: fused HF expert tensors")),
+])
 def test_cli_mcore_checkpoint_matches_transformers(tmp_path: Path, family: str, tp: int) -> None:
     """HF → Megatron-Core (converter) → `generate --mcore` at TP, token-identical to HF greedy."""
     from pai_patch.convert.engine import hf_to_mcore
