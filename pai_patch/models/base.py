@@ -128,6 +128,10 @@ class ModelFamily:
     def _hf_qkv_bias(self, hf: Mapping[str, Any]) -> bool:
         return bool(hf.get("attention_bias", False))
 
+    def num_routed_experts(self, size: ModelSize) -> int | None:
+        """Routed experts per MoE layer (None for dense families); EP must divide it."""
+        return None
+
     # ---- megatron-core side ---------------------------------------------------------
     def config_kwargs(self, size: ModelSize, rt: Runtime) -> dict[str, Any]:
         """TransformerConfig arguments; families extend this (MLA, MoE)."""

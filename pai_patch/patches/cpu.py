@@ -47,6 +47,8 @@ class _NullStream:
     def __getattr__(self, name: str) -> Callable[..., Any]:
         if name.startswith("__"):
             raise AttributeError(name)
+        if name == "record_event":  # the MoE alltoall dispatcher later calls .synchronize() on it
+            return lambda *args, **kwargs: _NullStream()
         return lambda *args, **kwargs: (0.0 if name == "elapsed_time" else None)
 
     def __enter__(self) -> "_NullStream":
@@ -88,7 +90,7 @@ def _to_cpu_device(device: Any) -> Any:
 
 
 class CudaToCpuMode(TorchFunctionMode):
-    """Rewrites ``device="cuda"`` (and ints, and ``.cuda()``) to the CPU.
+    """Rewrites ``device="cuda"`` (and ints, and ``.cuda()``) to the CPU; ``type()`` names CUDA types.
 
     megatron-core builds scalars for loss scaling, grad-norm reductions, causal
     masks and token counters with a literal ``device="cuda"``; catching them at the
@@ -99,6 +101,11 @@ class CudaToCpuMode(TorchFunctionMode):
         kwargs = kwargs or {}
         if func is torch.Tensor.cuda:
             return args[0]
+        if func is torch.Tensor.type and len(args) == 1 and not kwargs:
+            # megatron dispatches on type() strings such as 'torch.cuda.BFloat16Tensor'
+            # (optimizer main-param setup, grad clipping); report CPU tensors under those names.
+            name = func(*args)
+            return name.replace("torch.", "torch.cuda.", 1) if not name.startswith("torch.cuda.") else name
         if "device" in kwargs:
             kwargs["device"] = _to_cpu_device(kwargs["device"])
         if kwargs.get("pin_memory"):
@@ -106,6 +113,15 @@ class CudaToCpuMode(TorchFunctionMode):
         if func is torch.Tensor.to and len(args) > 1:
             args = (args[0], _to_cpu_device(args[1]), *args[2:])
         return func(*args, **kwargs)
+
+
+def _host_tensor() -> Callable[..., Any]:
+    """``maybe_move_tensor_to_cpu`` for tensors already on the CPU: still honour ``as_numpy``."""
+
+    def move(tensor: Any, as_numpy: bool = False, record_stream: bool = False) -> Any:
+        return tensor.numpy() if as_numpy and torch.is_tensor(tensor) else tensor
+
+    return move
 
 
 def _rng_get() -> Callable[..., torch.Tensor]:
@@ -149,6 +165,12 @@ CPU_PATCHES: tuple[Patch, ...] = (
           "the tracker forks CUDA RNG states for dropout; fork the CPU generator instead"),
     Patch("megatron.core.tensor_parallel.random", "_set_cuda_rng_state", _rng_set(),
           "the tracker restores CUDA RNG states; restore the CPU generator instead"),
+    Patch("megatron.core.transformer.multi_latent_attention", "HAVE_TE", False,
+          "without TE, TELinear is built on a MagicMock and MLA's `isinstance(proj, TELinear)` raises"),
+    Patch("megatron.core.transformer.moe.moe_utils", "te_general_gemm", None,
+          "without TE the name is never bound; the router's gating GEMM checks it against None"),
+    Patch("megatron.core.transformer.moe.token_dispatcher", "maybe_move_tensor_to_cpu", _host_tensor(),
+          "it converts only CUDA tensors, so on CPU the alltoall split sizes stay tensors and gloo rejects them"),
 )
 
 _mode: CudaToCpuMode | None = None
