@@ -196,3 +196,19 @@ def test_cli_sft(tmp_path, capsys):
     assert f"{src}:2: missing key" in capsys.readouterr().err
     assert main(args + ["--skip-bad-lines", "--pack"]) == 0
     assert "1 samples in 1 sequences" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_sft_wrapper_script(tmp_path):
+    import subprocess
+
+    script = ROOT / "toolkits" / "sft_data_preprocessing" / "run_make_sft_dataset_megatron.sh"
+    tok_dir = ROOT / "pai_patch" / "assets" / "tokenizer"
+    out = subprocess.run(["bash", str(script), str(SFT_TRAIN), "Qwen2Tokenizer", "alpaca", "64", str(tmp_path), str(tok_dir), "true"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    prefix = tmp_path / "mmap_qwen2_sft_datasets"
+    meta = json.loads((tmp_path / "mmap_qwen2_sft_datasets_sft.json").read_text())
+    assert meta["packed"] and meta["seq_length"] == 64
+    assert len(build_sft_dataset(str(prefix), load_tokenizer("shipped"), 64, pack=True)) == IndexedReader.open(
+        f"{prefix}_text_document").num_documents
