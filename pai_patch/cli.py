@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("pai_patch.training.cli", "pretrain or fine-tune with megatron-core"),
     "stage": ("pai_patch.recipes.stages", "run one stage of a recipe (what `make` calls)"),
     "recipe": ("pai_patch.recipes.cli", "show / resolve / validate a recipe"),
+    "seed": ("pai_patch.recipes.seed_args", "run a seed launcher's positional interface over its recipe"),
     "preprocess": ("pai_patch.data.cli", "JSON corpora and SFT data to Megatron idxmap"),
     "data": ("pai_patch.data.inspect_cli", "inspect or validate an idxmap dataset"),
     "convert": ("pai_patch.convert.cli", "HF <-> Megatron-Core checkpoint conversion"),

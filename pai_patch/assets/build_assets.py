@@ -134,6 +134,7 @@ def main() -> None:
     train, valid = sft_records(3000, rng), sft_records(300, rng)
     for name, rows in (("sft_train.json", train), ("sft_valid.json", valid)):
         (CORPUS / name).write_text(json.dumps(rows, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    write_jsonl(CORPUS / "prompts.jsonl", [{"prompt": r["instruction"]} for r in random.Random(7).sample(valid, 6)])
     sft_text = [f"{r['instruction']} {r['output']}" for r in train]
     train_tokenizer(docs + sft_text)
 

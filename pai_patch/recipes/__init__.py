@@ -1,0 +1,1 @@
+"""Recipes: YAML per model family, validated, resolved per size, run stage by stage."""

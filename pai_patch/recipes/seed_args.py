@@ -1,0 +1,212 @@
+"""The seeds' positional launchers as a thin layer over recipes.
+
+``run_mcore_qwen.sh`` (25 args), ``run_mcore_deepseek.sh`` (26), Llama2's
+``run_pretrain_megatron_llama.sh`` (24) and ``run_finetune_megatron_llama.sh`` (22) keep
+their argument order; each argument becomes a recipe override, checked against its
+allowed values, and the run is the same as ``make recipe=... <stage> <overrides>``
+(printed, so users can move to the recipe form).  Environment switches of the
+original launchers are honoured: MP_DATASET_TYPE, MP_AC_LAYERS, MP_VP, MP_PP0_LAYERS,
+MP_SFT_PACKING.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+from pai_patch.configio import ConfigError
+
+BOOL = ("true", "false")
+
+
+@dataclass(frozen=True)
+class Arg:
+    name: str
+    #: recipe key ("{stage}" is replaced by pretrain/sft), or None when the value is only read
+    key: str | None
+    allowed: tuple[str, ...] | None = None
+    kind: Callable[[str], object] = str
+
+
+def _int(text: str) -> int:
+    return int(text)
+
+
+def _float(text: str) -> float:
+    return float(text)
+
+
+COMMON_TRAIN = [
+    Arg("BATCH_SIZE", "{stage}.train.micro_batch_size", kind=_int),
+    Arg("GLOBAL_BATCH_SIZE", "{stage}.train.global_batch_size", kind=_int),
+    Arg("LR", "{stage}.optim.lr", kind=_float),
+    Arg("MIN_LR", "{stage}.optim.min_lr", kind=_float),
+    Arg("SEQ_LEN", "{stage}.train.seq_length", kind=_int),
+    Arg("PAD_LEN", "{stage}.data.pad_length", kind=_int),
+]
+
+
+def _mcore(with_ep: bool) -> list[Arg]:
+    return [
+        Arg("ENV", "launch.env", ("dsw", "dlc")),
+        Arg("MODEL_SIZE", "model.size"),
+        *COMMON_TRAIN,
+        Arg("PR", "{stage}.train.precision", ("fp16", "bf16", "fp8")),
+        Arg("TP", "parallel.tp", kind=_int),
+        Arg("PP", "parallel.pp", kind=_int),
+        Arg("CP", "parallel.cp", kind=_int),
+        *([Arg("EP", "parallel.ep", kind=_int)] if with_ep else []),
+        Arg("SP", "parallel.sequence_parallel", BOOL),
+        Arg("DO", "parallel.distributed_optimizer", BOOL),
+        Arg("FL", "{stage}.train.flash_attn", BOOL),
+        Arg("SFT", None, BOOL),
+        Arg("AC", "{stage}.train.recompute", ("sel", "full", "offload", "false")),
+        Arg("OPTIMIZER_OFFLOAD", "{stage}.optim.offload", ("false", "static", "auto")),
+        Arg("SAVE_INTERVAL", "{stage}.checkpoint.save_interval", kind=_int),
+        Arg("DATASET_PATH", "{stage}.data.train_path"),
+        Arg("VALID_DATASET_PATH", "{stage}.data.valid_path"),
+        Arg("PRETRAIN_CHECKPOINT_PATH", "{stage}.checkpoint.load"),
+        Arg("TRAIN_TOKENS_OR_ITERS", None, kind=_int),
+        Arg("WARMUP_TOKENS_OR_ITERS", None, kind=_int),
+        Arg("OUTPUT_BASEPATH", "output_dir"),
+    ]
+
+
+LLAMA_HEAD = [Arg("ENV", "launch.env", ("dsw", "dlc")), Arg("MEGATRON_PATH", None),
+              Arg("MEGATRON_PATCH_PATH", None), Arg("MODEL_SIZE", "model.size")]
+LLAMA_MID = [
+    Arg("EXTRA_VOCAB_SIZE", None, kind=_int),
+    Arg("PR", "{stage}.train.precision", ("fp16", "bf16")),
+    Arg("TP", "parallel.tp", kind=_int),
+    Arg("PP", "parallel.pp", kind=_int),
+    Arg("AC", "{stage}.train.recompute", ("sel", "full")),
+    Arg("DO", "parallel.distributed_optimizer", BOOL),
+    Arg("FL", "{stage}.train.flash_attn", BOOL),
+    Arg("SP", "parallel.sequence_parallel", BOOL),
+]
+
+SCRIPTS: dict[str, tuple[str, list[Arg]]] = {
+    "run_mcore_qwen": ("qwen2_5", _mcore(with_ep=False)),
+    "run_mcore_deepseek": ("deepseek_v2", _mcore(with_ep=True)),
+    "run_pretrain_megatron_llama": ("llama2", [
+        *LLAMA_HEAD, *COMMON_TRAIN, *LLAMA_MID,
+        Arg("SAVE_INTERVAL", "{stage}.checkpoint.save_interval", kind=_int),
+        Arg("DATASET_PATH", "{stage}.data.train_path"),
+        Arg("PRETRAIN_CHECKPOINT_PATH", "{stage}.checkpoint.load"),
+        Arg("TRAIN_TOKENS", "{stage}.train.train_tokens", kind=_int),
+        Arg("WARMUP_TOKENS", "{stage}.train.warmup_tokens", kind=_int),
+        Arg("OUTPUT_BASEPATH", "output_dir"),
+    ]),
+    "run_finetune_megatron_llama": ("llama2", [
+        *LLAMA_HEAD,
+        *(a for a in COMMON_TRAIN if a.name != "GLOBAL_BATCH_SIZE"),
+        *LLAMA_MID,
+        Arg("TRAIN_DATASET_PATH", "{stage}.data.train_path"),
+        Arg("VALID_DATASET_PATH", "{stage}.data.valid_path"),
+        Arg("PRETRAIN_CHECKPOINT_PATH", "{stage}.checkpoint.load"),
+        Arg("EPOCH", None, kind=_int),
+        Arg("OUTPUT_BASEPATH", "output_dir"),
+    ]),
+}
+
+
+def _bool(text: str) -> bool:
+    return text == "true"
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def translate(script: str, argv: list[str], env: Mapping[str, str] = os.environ) -> tuple[str, list[str], list[str]]:
+    """(stage, overrides, notes) for a seed script's positional arguments."""
+    if script not in SCRIPTS:
+        raise ConfigError(f"unknown launcher {script!r}; valid: {', '.join(SCRIPTS)}")
+    recipe, spec = SCRIPTS[script]
+    if len(argv) != len(spec):
+        names = " ".join(a.name for a in spec)
+        raise ConfigError(f"{script}.sh takes {len(spec)} arguments, got {len(argv)}; usage: {script}.sh {names}")
+    values: dict[str, object] = {}
+    for position, (arg, text) in enumerate(zip(spec, argv), start=1):
+        if arg.allowed is not None and text not in arg.allowed:
+            raise ConfigError(f"{script}.sh argument {position} ({arg.name}) = {text!r}; "
+                              f"allowed: {', '.join(arg.allowed)}")
+        try:
+            values[arg.name] = _bool(text) if arg.allowed == BOOL else arg.kind(text)
+        except ValueError:
+            raise ConfigError(f"{script}.sh argument {position} ({arg.name}) = {text!r}; "
+                              f"expected {'an integer' if arg.kind is _int else 'a number'}") from None
+    sft = bool(values.get("SFT", script == "run_finetune_megatron_llama"))
+    stage = "sft" if sft else "pretrain"
+    notes: list[str] = []
+    overrides = [f"recipe={recipe}"]
+    for arg in spec:
+        if arg.key is None:
+            continue
+        value = values[arg.name]
+        if arg.name == "PRETRAIN_CHECKPOINT_PATH" and str(value).lower() in ("none", "", "null"):
+            continue
+        if arg.name == "SP" and value and int(values.get("TP", 1)) == 1:
+            notes.append("SP=true with TP=1: sequence parallelism needs TP>1, so it is off (as Megatron-LM does)")
+            value = False
+        overrides.append(f"{arg.key.format(stage=stage)}={_fmt(value)}")
+    overrides += _budget(script, stage, values)
+    overrides += _environment(stage, env, notes)
+    if stage == "sft" and script == "run_finetune_megatron_llama":
+        overrides.append("sft.data.type=raw")
+    return stage, overrides, notes
+
+
+def _budget(script: str, stage: str, values: Mapping[str, object]) -> list[str]:
+    """Seeds give tokens for pretraining and iterations for SFT (same positions)."""
+    if "TRAIN_TOKENS_OR_ITERS" in values:
+        unit = "iters" if stage == "sft" else "tokens"
+        other = "tokens" if unit == "iters" else "iters"
+        return [f"{stage}.train.train_{unit}={values['TRAIN_TOKENS_OR_ITERS']}", f"{stage}.train.train_{other}=null",
+                f"{stage}.train.warmup_{unit}={values['WARMUP_TOKENS_OR_ITERS']}", f"{stage}.train.warmup_{other}=null"]
+    if script == "run_pretrain_megatron_llama":
+        return [f"{stage}.train.train_iters=null", f"{stage}.train.warmup_iters=null"]
+    if "EPOCH" in values:
+        return [f"{stage}.train.epochs={values['EPOCH']}", f"{stage}.train.train_iters=null",
+                f"{stage}.train.global_batch_size={values['BATCH_SIZE']}"]
+    return []
+
+
+def _environment(stage: str, env: Mapping[str, str], notes: list[str]) -> list[str]:
+    out = []
+    if env.get("MP_DATASET_TYPE"):
+        if env["MP_DATASET_TYPE"] not in ("raw", "mmap"):
+            raise ConfigError(f"MP_DATASET_TYPE={env['MP_DATASET_TYPE']!r}; allowed: raw, mmap")
+        out.append(f"{stage}.data.type={env['MP_DATASET_TYPE']}")
+    for var, key in (("MP_AC_LAYERS", f"{stage}.train.recompute_layers"), ("MP_VP", "parallel.vp"),
+                     ("MP_PP0_LAYERS", "parallel.pp0_layers")):
+        if env.get(var):
+            if not env[var].isdigit():
+                raise ConfigError(f"{var}={env[var]!r}; expected a positive integer")
+            out.append(f"{key}={env[var]}")
+    if env.get("MP_SFT_PACKING"):
+        if env["MP_SFT_PACKING"] not in BOOL:
+            raise ConfigError(f"MP_SFT_PACKING={env['MP_SFT_PACKING']!r}; allowed: true, false")
+        out.append(f"{stage}.data.pack={env['MP_SFT_PACKING']}")
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("script", choices=sorted(SCRIPTS), help="which seed launcher's interface")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="the launcher's positional arguments")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pai_patch.recipes.stages import run_stage
+
+    stage, overrides, notes = translate(args.script, args.args)
+    for note in notes:
+        print(f"note: {note}")
+    print("equivalent: make " + " ".join(shlex.quote(o) for o in overrides) + f" {stage}")
+    run_stage(stage, overrides)
+    return 0

@@ -1,0 +1,265 @@
+"""``python -m pai_patch stage <stage> recipe=R [size=S] [key=value ...]`` — what ``make`` runs.
+
+Stages: data → convert → pretrain → sft → export → eval → generate; ``pipeline`` runs them
+in order.  Each stage records what it was made from (a stamp of input files and settings)
+next to its output and is skipped when that stamp still matches, so ``make ... pipeline``
+after an edit redoes only what the edit affects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from pai_patch.configio import ConfigError, to_dict
+from pai_patch.recipes.launch import dry_run, run_command, train_command
+from pai_patch.recipes.resolve import Paths, load_recipe, paths, resolve_path, train_config
+from pai_patch.recipes.schema import Recipe
+
+STAGES = ("data", "convert", "pretrain", "sft", "export", "eval", "generate")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("stage", choices=(*STAGES, "pipeline"))
+    parser.add_argument("overrides", nargs="*", help="recipe=NAME size=SIZE and section.key=value overrides")
+
+
+def _recipe_name(overrides: list[str]) -> str:
+    for item in overrides:
+        if item.startswith("recipe="):
+            return item.split("=", 1)[1]
+    return "qwen2_5"
+
+
+# ---- stamps ------------------------------------------------------------------------------
+def _fingerprint(files: list[Path | str | None], settings: Any) -> str:
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for f in files:
+        if f is None:
+            continue
+        path = Path(f)
+        for p in sorted(path.rglob("*")) if path.is_dir() else [path]:
+            if p.is_file() and not p.name.endswith(".stamp"):
+                st = p.stat()
+                h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def _stamp_path(output: Path) -> Path:
+    return output.parent / f"{output.name}.stamp"
+
+
+def up_to_date(output: Path, fingerprint: str) -> bool:
+    stamp = _stamp_path(output)
+    return output.exists() and stamp.is_file() and stamp.read_text().strip() == fingerprint
+
+
+def mark_done(output: Path, fingerprint: str) -> None:
+    if not dry_run():
+        _stamp_path(output).write_text(fingerprint + "\n")
+
+
+def _skip(stage: str, output: Path) -> None:
+    print(f"[{stage}] up to date: {output}")
+
+
+# ---- stages ------------------------------------------------------------------------------
+def stage_data(recipe: Recipe, p: Paths) -> None:
+    from pai_patch.data.pretrain import preprocess_pretrain
+    from pai_patch.data.sft import preprocess_sft
+    from pai_patch.data.tokenizer import load_tokenizer
+
+    d = recipe.data
+    tokenizer_dir = resolve_path(d.tokenizer) if "/" in d.tokenizer else None
+    settings = to_dict(d) | {"sft_seq": train_config(recipe, "sft").seq_length}
+    inputs = [resolve_path(d.pretrain_input), resolve_path(d.sft_train), resolve_path(d.sft_valid), tokenizer_dir]
+    fp = _fingerprint(inputs, settings)
+    if up_to_date(p.data, fp):
+        return _skip("data", p.data)
+    print(f"[data] {d.pretrain_input} -> {p.pretrain_dataset}; SFT {d.sft_train} -> {p.sft_train}")
+    if dry_run():
+        return
+    tokenizer = load_tokenizer(tokenizer_dir or d.tokenizer)
+    p.data.mkdir(parents=True, exist_ok=True)
+    print(preprocess_pretrain(resolve_path(d.pretrain_input), tokenizer, p.pretrain_prefix, json_key=d.json_key,
+                              workers=d.workers))
+    seq = train_config(recipe, "sft").seq_length
+    for source, target in ((d.sft_train, p.sft_train), (d.sft_valid, p.sft_valid)):
+        print(preprocess_sft(resolve_path(source), tokenizer, target, fmt=d.sft_format, seq_length=seq,
+                             pack=bool(recipe.sft.data.get("pack", False))))
+    mark_done(p.data, fp)
+
+
+def ensure_hf_base(recipe: Recipe, p: Paths) -> Path:
+    """The HF checkpoint conversion starts from: the user's, or a seeded random one (tiny runs)."""
+    if recipe.convert.hf:
+        hf = Path(resolve_path(recipe.convert.hf))
+        if not (hf / "config.json").is_file():
+            raise FileNotFoundError(f"convert.hf: {hf / 'config.json'} not found (expected an HF checkpoint dir)")
+        return hf
+    if recipe.model.size != "tiny":
+        raise ConfigError(f"convert.hf: size {recipe.model.size} starts from its published HF checkpoint; "
+                          f"pass hf=/path/to/checkpoint (e.g. make recipe={recipe.recipe} "
+                          f"size={recipe.model.size} hf=/mnt/ckpts/... convert)")
+    fp = _fingerprint([], {"model": to_dict(recipe.model), "seed": recipe.convert.seed, "tok": recipe.data.tokenizer})
+    if not up_to_date(p.hf_base, fp) and not dry_run():
+        from pai_patch.recipes.hf_init import write_random_hf
+
+        write_random_hf(recipe.model.family, recipe.model.size, p.hf_base, recipe.data.tokenizer,
+                        seed=recipe.convert.seed)
+        mark_done(p.hf_base, fp)
+    return p.hf_base
+
+
+def stage_convert(recipe: Recipe, p: Paths) -> None:
+    hf = ensure_hf_base(recipe, p)
+    c, par = recipe.convert, recipe.parallel
+    fp = _fingerprint([hf], to_dict(c) | {"tp": par.tp, "pp": par.pp, "ep": par.ep})
+    if up_to_date(p.mcore_base, fp):
+        return _skip("convert", p.mcore_base)
+    if p.mcore_base.exists() and not dry_run():
+        shutil.rmtree(p.mcore_base)
+    run_command(_python("convert", "hf2mcore", "--model", recipe.model.family, "--size", recipe.model.size,
+                        "--hf", str(hf), "--mcore", str(p.mcore_base), "--tp", str(par.tp), "--pp", str(par.pp),
+                        "--ep", str(par.ep), "--format", c.format, "--dtype", c.dtype))
+    mark_done(p.mcore_base, fp)
+
+
+def _training_stage(stage: str) -> Callable[[Recipe, Paths], None]:
+    def run(recipe: Recipe, p: Paths) -> None:
+        import yaml
+
+        cfg = train_config(recipe, stage)
+        needs_data = cfg.data.type == "mmap" and not Path(f"{cfg.data.train_path}.idx").exists()
+        if needs_data and cfg.data.train_path.startswith(str(p.data)):
+            stage_data(recipe, p)
+        out = Path(cfg.output_dir)
+        inputs = [Path(f"{cfg.data.train_path}.bin") if cfg.data.type == "mmap" else Path(cfg.data.train_path)]
+        fp = _fingerprint(inputs, to_dict(cfg))
+        final = out / "checkpoint" / f"iter_{cfg.train.iterations:07d}"
+        if up_to_date(out, fp) and final.exists():
+            return _skip(stage, out)
+        _validate(recipe, cfg)
+        job = out / "job.yaml"
+        if not dry_run():
+            out.mkdir(parents=True, exist_ok=True)
+            job.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+            (out / "recipe.resolved.yaml").write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
+        else:
+            print(json.dumps(to_dict(cfg), indent=1))
+        run_command(train_command(recipe, str(job)))
+        mark_done(out, fp)
+
+    return run
+
+
+def _validate(recipe: Recipe, cfg) -> None:  # noqa: ANN001
+    """Reject an impossible layout before any process starts."""
+    from pai_patch.models import get_family
+    from pai_patch.parallel import validate_layout
+    from pai_patch.recipes.launch import nodes_and_procs
+
+    family = get_family(cfg.model.family)
+    size = family.size(cfg.model.size)
+    nodes, per_node = nodes_and_procs(recipe)
+    validate_layout(size, cfg.runtime(), nodes * per_node, global_batch=cfg.train.global_batch_size,
+                    micro_batch=cfg.train.micro_batch_size, num_experts=family.num_routed_experts(size),
+                    seq_length=cfg.seq_length)
+
+
+def _latest_training_checkpoint(p: Paths) -> Path:
+    for candidate in (p.sft / "checkpoint", p.pretrain / "checkpoint"):
+        if (candidate / "latest_checkpointed_iteration.txt").exists():
+            return candidate
+    raise FileNotFoundError(f"no training checkpoint under {p.sft} or {p.pretrain}; run the pretrain or sft stage")
+
+
+def stage_export(recipe: Recipe, p: Paths) -> None:
+    ckpt = _latest_training_checkpoint(p)
+    hf = ensure_hf_base(recipe, p)
+    fp = _fingerprint([ckpt / "latest_checkpointed_iteration.txt", hf], to_dict(recipe.export))
+    if up_to_date(p.hf_export, fp):
+        return _skip("export", p.hf_export)
+    if p.hf_export.exists() and not dry_run():
+        shutil.rmtree(p.hf_export)
+    run_command(_python("convert", "mcore2hf", "--model", recipe.model.family, "--size", recipe.model.size,
+                        "--mcore", str(ckpt), "--hf", str(p.hf_export), "--source-hf", str(hf),
+                        "--dtype", recipe.export.dtype))
+    mark_done(p.hf_export, fp)
+
+
+def stage_eval(recipe: Recipe, p: Paths) -> None:
+    if not (p.hf_export / "config.json").exists():
+        stage_export(recipe, p)
+    e = recipe.eval
+    fp = _fingerprint([p.hf_export], to_dict(e))
+    if up_to_date(p.eval, fp):
+        return _skip("eval", p.eval)
+    print(f"[eval] lm-eval {','.join(e.tasks)} on {p.hf_export}")
+    if dry_run():
+        return
+    from pai_patch.evaluation.runner import evaluate
+    from pai_patch.reproduce.report import write_report
+
+    p.eval.mkdir(parents=True, exist_ok=True)
+    scores = evaluate(p.hf_export, e.tasks, data_dir=resolve_path(e.data_dir), limit=e.limit,
+                      batch_size=e.batch_size, output=p.eval / "results.json",
+                      apply_chat_template=e.apply_chat_template)
+    for key, value in scores.items():
+        print(f"[eval] {key}: {value:.4f}")
+    write_report(recipe, scores, p.eval)
+    mark_done(p.eval, fp)
+
+
+def stage_generate(recipe: Recipe, p: Paths) -> None:
+    ckpt = _latest_training_checkpoint(p)
+    g = recipe.generate
+    out = p.generate / "output.jsonl"
+    fp = _fingerprint([ckpt / "latest_checkpointed_iteration.txt", resolve_path(g.prompts)], to_dict(g))
+    if up_to_date(p.generate, fp):
+        return _skip("generate", p.generate)
+    if not dry_run():
+        p.generate.mkdir(parents=True, exist_ok=True)
+    run_command(_python("generate", "--mcore", str(ckpt), "--family", recipe.model.family, "--size",
+                        recipe.model.size, "--tp", str(recipe.parallel.tp), "--input", resolve_path(g.prompts),
+                        "--output", str(out), "--max-new-tokens", str(g.max_new_tokens), "--top-k", str(g.top_k),
+                        "--top-p", str(g.top_p), "--temperature", str(g.temperature),
+                        "--repetition-penalty", str(g.repetition_penalty)))
+    mark_done(p.generate, fp)
+
+
+def _python(*args: str) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "pai_patch", *args]
+
+
+RUNNERS: dict[str, Callable[[Recipe, Paths], None]] = {
+    "data": stage_data,
+    "convert": stage_convert,
+    "pretrain": _training_stage("pretrain"),
+    "sft": _training_stage("sft"),
+    "export": stage_export,
+    "eval": stage_eval,
+    "generate": stage_generate,
+}
+
+
+def run_stage(stage: str, overrides: list[str]) -> None:
+    recipe = load_recipe(_recipe_name(overrides), overrides)
+    p = paths(recipe)
+    for name in STAGES if stage == "pipeline" else (stage,):
+        print(f"== {recipe.recipe} {recipe.model.size}: {name} ({p.root})", flush=True)
+        RUNNERS[name](recipe, p)
+
+
+def run(args: argparse.Namespace) -> int:
+    if os.environ.get("DRY_RUN") is None and any(o.startswith("DRY_RUN=") for o in args.overrides):
+        os.environ["DRY_RUN"] = next(o for o in args.overrides if o.startswith("DRY_RUN=")).split("=", 1)[1]
+    run_stage(args.stage, args.overrides)
+    return 0

@@ -1,0 +1,1 @@
+"""Reproducing published results: eval reports, recipe locks, golden losses."""
