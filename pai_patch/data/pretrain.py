@@ -2,10 +2,10 @@
 
 Same output as ``tools/preprocess_data.py`` (one sequence per document, EOD appended with
 ``append_eod``, dtype from the vocabulary size), but the work is organised per chunk of about
-1 MB instead of per document: a worker parses a whole chunk, encodes it with one
-``encode_batch_fast`` call of the Rust tokenizer, and sends back one numpy array, which the
-main process writes with a single ``write``.  At most ``2 * workers`` chunks are in flight,
-so memory stays flat whatever the corpus size.
+1 MB instead of per document: a worker parses a whole chunk, encodes it (``fast_bpe``'s exact
+shortcut where it applies, one ``encode_batch_fast`` call of the Rust tokenizer for the rest),
+and sends back one numpy array, which the main process writes with a single ``write``.  At
+most ``2 * workers`` chunks are in flight, so memory stays flat whatever the corpus size.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
+from pai_patch.data.fast_bpe import FastByteLevelBPE
 from pai_patch.data.indexed import atomic_writers, optimal_dtype
 from pai_patch.data.records import BadRecord, Chunk, find_inputs, iter_chunks, parse_line
 from pai_patch.data.tokenizer import vocab_size
@@ -60,14 +61,31 @@ class _Encoder:
     def __init__(self, tokenizer, key: str, append_eod: bool, skip_bad_lines: bool, dtype: np.dtype) -> None:
         self.tokenizer = tokenizer
         self.backend = getattr(tokenizer, "backend_tokenizer", None)
+        if self.backend is not None and (self.backend.truncation or self.backend.padding):
+            # tokenizer.encode() never truncates or pads unless asked; a tokenizer.json may set both.
+            from tokenizers import Tokenizer
+
+            self.backend = Tokenizer.from_str(self.backend.to_str())
+            self.backend.no_truncation()
+            self.backend.no_padding()
+        self.fast = FastByteLevelBPE.build(tokenizer)
         self.key, self.append_eod, self.skip, self.dtype = key, append_eod, skip_bad_lines, dtype
         self.eod = tokenizer.eos_token_id
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """Same ids as ``tokenizer.encode(text)`` for each text, in one call."""
+    def _encode_all(self, texts: list[str]) -> list[list[int]]:
         if self.backend is not None:
             return [e.ids for e in self.backend.encode_batch_fast(texts, add_special_tokens=True)]
         return self.tokenizer(texts, add_special_tokens=True)["input_ids"]
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Same ids as ``tokenizer.encode(text)`` for each text: the ASCII shortcut where it applies, one batch call for the rest."""
+        if self.fast is None:
+            return self._encode_all(texts)
+        ids = [self.fast.encode(text) for text in texts]
+        rest = [i for i, doc in enumerate(ids) if doc is None]
+        for i, doc in zip(rest, self._encode_all([texts[i] for i in rest]) if rest else []):
+            ids[i] = doc
+        return ids
 
     def __call__(self, chunk: Chunk) -> _Encoded:
         skipped: collections.Counter = collections.Counter()
