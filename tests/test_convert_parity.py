@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from pai_patch.models import get_family
-from pai_patch.models.base import Runtime
+from pai_patch.models.base import ModelSize, Runtime
 
 TOLERANCE = 1e-4
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,13 +35,13 @@ def convert(family_name: str, hf: Path, out: Path, **layout: object) -> Path:
     return out
 
 
-def in_process_diff(family_name: str, hf: Path, ckpt: Path) -> float:
+def in_process_diff(family_name: str, hf: Path, ckpt: Path, size: ModelSize | None = None) -> float:
     from pai_patch.convert.io import load_model_checkpoint
     from pai_patch.convert.verify import hf_logits, megatron_logits, sample_tokens
     from pai_patch.parallel import model_parallel
 
     family = get_family(family_name)
-    size = family.size("tiny")
+    size = size or family.size("tiny")
     tokens = sample_tokens(size.vocab_size)
     with model_parallel():
         model = family.build(size, Runtime(seq_length=tokens.shape[1])).eval()

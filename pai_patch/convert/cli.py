@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
+from typing import Iterator
 
 FORMATS = ("torch_dist", "legacy")
 DTYPE_CHOICES = ("fp32", "bf16", "fp16")
@@ -57,7 +59,6 @@ def run(args: argparse.Namespace) -> int:
     from pai_patch.convert import engine
     from pai_patch.convert.verify import family_of, verify
     from pai_patch.models import get_family
-    from pai_patch.parallel import model_parallel
 
     if args.action == "verify":
         parity = verify(args.hf, args.mcore, size_name=args.size, tolerance=args.tolerance)
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         return 0 if parity.ok else 1
     config_dir = args.hf if args.action == "hf2mcore" else args.source_hf
     family = get_family(args.model) if args.model else family_of(config_dir)
-    with model_parallel():  # torch_dist I/O goes through torch.distributed: a one-process gloo group
+    with process_group():
         if args.action == "hf2mcore":
             engine.hf_to_mcore(family, args.size, args.hf, args.mcore, tp=args.tp, pp=args.pp, ep=args.ep,
                                fmt=args.format, dtype=args.dtype, use_te=args.use_te)
@@ -76,3 +77,22 @@ def run(args: argparse.Namespace) -> int:
                                max_shard_bytes=args.max_shard_size)
             print(f"wrote {args.hf}")
     return 0
+
+
+@contextlib.contextmanager
+def process_group() -> Iterator[None]:
+    """A one-process gloo group: megatron-core's torch_dist helpers ask torch.distributed for the rank.
+
+    Megatron's parallel state is not needed, which keeps its heavy imports out of conversion.
+    """
+    import torch.distributed as dist
+
+    from pai_patch.parallel import init_process_group
+
+    owns = not dist.is_initialized()
+    init_process_group()
+    try:
+        yield
+    finally:
+        if owns:
+            dist.destroy_process_group()

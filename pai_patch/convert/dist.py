@@ -58,21 +58,33 @@ def sharded(item: Item, data: torch.Tensor, full: tuple[int, ...], row: int, num
 
 
 class DistWriter:
-    """Saves groups of ShardedTensors one ``dist_checkpointing.save`` at a time, then merges them."""
+    """Saves groups of ShardedTensors one DCP ``save`` at a time, then merges their metadata.
+
+    The DCP save runs in this process with megatron-core's planner and translation of
+    ShardedTensors (what ``dist_checkpointing.save`` does, minus its forked writer
+    processes, which would dominate the time of a save per layer).
+    """
 
     def __init__(self, iter_dir: Path, common: dict[str, Any]) -> None:
+        from megatron.core.dist_checkpointing.core import CheckpointingConfig, save_config
+
         self.iter_dir = iter_dir
-        self.common = common
         self.metadata: Any = None
         self.pieces = 0
         iter_dir.mkdir(parents=True)
+        torch.save(common, iter_dir / "common.pt")
+        save_config(CheckpointingConfig("torch_dist", 1), str(iter_dir))
 
     def save(self, tensors: dict[str, Any]) -> None:
-        from megatron.core import dist_checkpointing
+        from megatron.core.dist_checkpointing.strategies.torch import (
+            MCoreSavePlanner, _replace_state_dict_keys_with_sharded_keys, mcore_to_pyt_state_dict)
+        from torch.distributed import checkpoint as dcp
 
         piece = self.iter_dir / f".piece{self.pieces:05d}"
-        piece.mkdir()
-        dist_checkpointing.save({**self.common, "model": tensors}, str(piece), validate_access_integrity=False)
+        by_key, _, _ = _replace_state_dict_keys_with_sharded_keys({"model": tensors})
+        dcp.save(mcore_to_pyt_state_dict(by_key, False), no_dist=True,
+                 storage_writer=dcp.FileSystemWriter(piece, single_file_per_rank=True, sync_files=False),
+                 planner=MCoreSavePlanner(flatten_state_dict=False, can_run_decentralized_global_plan=False))
         with open(piece / METADATA, "rb") as handle:
             metadata = pickle.load(handle)
         renamed = {}
@@ -82,8 +94,6 @@ class DistWriter:
         for info in metadata.storage_data.values():
             info.relative_path = renamed[info.relative_path]
         if self.metadata is None:
-            for name in ("common.pt", "metadata.json"):
-                (piece / name).rename(self.iter_dir / name)
             self.metadata = metadata
         else:
             _merge(self.metadata, metadata)

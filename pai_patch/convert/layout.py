@@ -8,7 +8,7 @@ is TP-independent; legacy files hold its :func:`shard` for one rank.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -171,7 +171,3 @@ def full_shape(item: Item, shapes: dict[str, tuple[int, ...]], size: ModelSize) 
     parts = [torch.empty(shapes[n], device="meta") for n in item.hf_names]
     return tuple(to_mcore(item, parts, size).shape)
 
-
-def iter_items(group_list: list[Group]) -> Iterator[Item]:
-    for group in group_list:
-        yield from group.items

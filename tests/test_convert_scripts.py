@@ -1,0 +1,45 @@
+"""The seed-named conversion scripts keep their positional arguments and reject bad values by name."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEEPSEEK = "toolkits/model_checkpoints_convertor/deepseek/hf2mcore_deepseek_v2_moe_convertor.sh"
+QWEN_DIST = "toolkits/distributed_checkpoints_convertor/scripts/qwen2_5/run_8xH20.sh"
+QWEN = "toolkits/distributed_checkpoints_convertor/hf2mcore_qwen2.5_convertor.sh"
+LLAMA = "toolkits/model_checkpoints_convertor/llama/model_convertor.sh"
+
+
+def run(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", script, *args], cwd=ROOT, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("script,args,message", [
+    (DEEPSEEK, ["A3B", "s", "d", "2", "1", "4", "fp32", "true", "false"], "MODEL_SIZE=A3B; allowed: A2.4B A21B"),
+    (DEEPSEEK, ["A2.4B", "s", "d", "2", "1", "x", "fp32", "true", "false"], "EP=x; allowed: a positive integer"),
+    (QWEN_DIST, ["0.5B", "s", "d", "false", "true", "int8"], "PR=int8; allowed: fp32 bf16 fp16"),
+    (QWEN_DIST, ["0.5B", "s", "d", "true", "true", "bf16"], "MG2HF=true needs HF_DIR"),
+    (QWEN, ["0.5B", "s", "d", "1", "1", "bf16", "yes", "true", "h"], "USE_TE=yes; allowed: true false"),
+    (LLAMA, ["/m", "s", "d", "1", "1", "llama-8b", "0", "false"], "MODEL_NAME=llama-8b; allowed: llama-7b"),
+    (LLAMA, ["/m", "s", "d", "1", "1", "llama-7b", "293", "false"], "EXTRA_VOCAB_SIZE=293; allowed: 0"),
+    (LLAMA, ["/m", "s"], "usage:"),
+])
+def test_bad_values_name_the_allowed_ones(script, args, message):
+    result = run(script, *args)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("script,args", [
+    (QWEN_DIST, ["0.5B", "{src}", "{dst}", "false", "true", "bf16"]),
+    (LLAMA, ["/m", "{src}", "{dst}", "2", "1", "llama-7b", "0", "false"]),
+])
+def test_valid_values_reach_the_converter(tmp_path, script, args):
+    src, dst = tmp_path / "no-such-checkpoint", tmp_path / "out"
+    result = run(script, *[a.format(src=src, dst=dst) for a in args])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {src}"), result.stderr[-2000:]
+    assert not dst.exists()
