@@ -150,6 +150,10 @@ def _training_stage(stage: str) -> Callable[[Recipe, Paths], None]:
             out.mkdir(parents=True, exist_ok=True)
             job.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
             (out / "recipe.resolved.yaml").write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
+            from pai_patch.reproduce.lock import recipe_files, run_lock, write_run_lock
+
+            write_run_lock(out, run_lock(tokenizer=recipe.data.tokenizer, files=recipe_files(recipe, p.data),
+                                         recipe=recipe.recipe, model=to_dict(recipe.model)))
         else:
             print(json.dumps(to_dict(cfg), indent=1))
         run_command(train_command(recipe, str(job)))

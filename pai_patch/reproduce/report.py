@@ -1,67 +1,119 @@
-"""The eval report: measured scores against the recipe's published ones (markdown + PNG)."""
+"""The eval report: measured scores against the recipe's published ones (markdown, JSON, PNG).
+
+``make recipe=R eval`` ends with it.  A row *reproduced* when the measured score is within the
+recipe's ``eval.tolerance`` (absolute, in the same 0-1 units as lm-eval's accuracy) of the
+published figure; published figures the run did not measure are listed too, so a report never
+looks complete when a task was dropped.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from pai_patch.recipes.schema import Recipe
 
+STATUS_TEXT = {"reproduced": "yes", "not reproduced": "NO", "not measured": "not measured",
+               "no published figure": "—"}
+
+
+def _published(entry: Any) -> dict[str, Any]:
+    """An entry is ``{value, source, setting}`` or a bare number."""
+    return dict(entry) if isinstance(entry, dict) else {"value": entry}
+
 
 def compare(recipe: Recipe, scores: dict[str, float]) -> list[dict[str, Any]]:
-    """One row per measured metric, with the published value and whether it reproduced."""
+    """One row per measured or published metric, with the difference and a status."""
+    tol = recipe.eval.tolerance
     rows = []
-    for key, value in sorted(scores.items()):
-        published = recipe.eval.published.get(key)
-        target = published.get("value") if isinstance(published, dict) else published
-        row = {"metric": key, "measured": value, "published": target,
-               "source": published.get("source", "") if isinstance(published, dict) else ""}
-        if target is not None:
-            row["diff"] = value - float(target)
-            row["reproduced"] = abs(row["diff"]) <= recipe.eval.tolerance
+    for key in sorted(set(scores) | set(recipe.eval.published)):
+        pub = _published(recipe.eval.published.get(key))
+        target = None if pub.get("value") is None else float(pub["value"])
+        measured = scores.get(key)
+        row = {"metric": key, "measured": measured, "published": target, "source": pub.get("source", ""),
+               "setting": pub.get("setting", ""), "diff": None}
+        if measured is None:
+            row["status"] = "not measured"
+        elif target is None:
+            row["status"] = "no published figure"
+        else:
+            row["diff"] = measured - target
+            row["status"] = "reproduced" if abs(row["diff"]) <= tol else "not reproduced"
         rows.append(row)
     return rows
 
 
-def write_report(recipe: Recipe, scores: dict[str, float], out_dir: Path) -> Path:
-    rows = compare(recipe, scores)
-    lines = [f"# {recipe.recipe} {recipe.model.size}: evaluation", "",
-             f"Tolerance for 'reproduced': ±{recipe.eval.tolerance}", "",
-             "| metric | measured | published | diff | reproduced | source |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        pub = "—" if r["published"] is None else f"{float(r['published']):.4f}"
-        diff = "—" if "diff" not in r else f"{r['diff']:+.4f}"
-        ok = "—" if "reproduced" not in r else ("yes" if r["reproduced"] else "no")
-        lines.append(f"| {r['metric']} | {r['measured']:.4f} | {pub} | {diff} | {ok} | {r['source']} |")
-    compared = [r for r in rows if "reproduced" in r]
-    if compared:
-        good = sum(r["reproduced"] for r in compared)
-        lines += ["", f"{good} of {len(compared)} published results reproduced within ±{recipe.eval.tolerance}."]
+def summary(rows: list[dict[str, Any]], tolerance: float) -> str:
+    compared = [r for r in rows if r["status"] in ("reproduced", "not reproduced")]
+    missing = sum(r["status"] == "not measured" for r in rows)
+    if not compared:
+        text = "No published results for these tasks at this size (see the recipe's eval.published)."
     else:
-        lines += ["", "No published results for these tasks at this size (see the recipe's eval.published)."]
+        good = sum(r["status"] == "reproduced" for r in compared)
+        text = f"{good} of {len(compared)} published results reproduced within ±{tolerance}."
+    return text + (f" {missing} published result(s) not measured by this run." if missing else "")
+
+
+def render_markdown(recipe: Recipe, rows: list[dict[str, Any]]) -> str:
+    def num(value: float | None, fmt: str) -> str:
+        return "—" if value is None else format(value, fmt)
+
+    tol = recipe.eval.tolerance
+    lines = [f"# {recipe.recipe} {recipe.model.size}: evaluation", "",
+             f"Measured with lm-eval on tasks {', '.join(recipe.eval.tasks)}; a row reproduces when "
+             f"|measured − published| ≤ {tol}.", "",
+             "| metric | measured | published | diff | reproduced | published setting | source |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['metric']} | {num(r['measured'], '.4f')} | {num(r['published'], '.4f')} | "
+                     f"{num(r['diff'], '+.4f')} | {STATUS_TEXT[r['status']]} | {r['setting']} | {r['source']} |")
+    return "\n".join(lines + ["", summary(rows, tol)]) + "\n"
+
+
+def write_report(recipe: Recipe, scores: dict[str, float], out_dir: Path) -> Path:
+    """``report.md``, ``report.json`` and ``report.png`` in ``out_dir``; prints the markdown."""
+    from pai_patch.utils import write_text_atomic
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = compare(recipe, scores)
+    text = render_markdown(recipe, rows)
     path = out_dir / "report.md"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    _plot(rows, out_dir / "report.png", f"{recipe.recipe} {recipe.model.size}")
-    print("\n".join(lines))
+    write_text_atomic(path, text)
+    write_text_atomic(out_dir / "report.json", json.dumps(
+        {"recipe": recipe.recipe, "size": recipe.model.size, "tolerance": recipe.eval.tolerance, "rows": rows,
+         "summary": summary(rows, recipe.eval.tolerance)}, indent=1, ensure_ascii=False) + "\n")
+    plot(rows, out_dir / "report.png", f"{recipe.recipe} {recipe.model.size}: measured vs published "
+         f"(±{recipe.eval.tolerance})")
+    print(text)
     return path
 
 
-def _plot(rows: list[dict[str, Any]], out: Path, title: str) -> None:
+def plot(rows: list[dict[str, Any]], out: Path, title: str) -> None:
+    """Grouped bars per metric; the measured bar is green/red when it did/didn't reproduce."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [r["metric"] for r in rows]
-    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(names)), 3.8))
-    xs = range(len(names))
-    ax.bar([x - 0.2 for x in xs], [r["measured"] for r in rows], width=0.4, label="measured")
-    ax.bar([x + 0.2 for x in xs], [float(r["published"]) if r["published"] is not None else 0 for r in rows],
-           width=0.4, label="published")
-    ax.set_xticks(list(xs), names, rotation=20, ha="right")
-    ax.set_ylabel("score")
-    ax.set_title(title)
-    ax.legend()
+    colors = {"reproduced": "tab:green", "not reproduced": "tab:red", "no published figure": "tab:blue"}
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(rows)), 4.0))
+    for x, r in enumerate(rows):
+        if r["measured"] is not None:
+            ax.bar(x - 0.2, r["measured"], width=0.4, color=colors.get(r["status"], "tab:blue"))
+        if r["published"] is not None:
+            ax.bar(x + 0.2, r["published"], width=0.4, color="tab:gray")
+        if r["diff"] is not None:
+            top = max(r["measured"], r["published"])
+            ax.annotate(f"{r['diff']:+.3f}", (x, top), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(rows)), [r["metric"] for r in rows], rotation=20, ha="right")
+    ax.set_ylim(0, 1.08)
+    ax.set_ylabel("accuracy")
+    ax.set_title(title, fontsize=10)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in ("tab:green", "tab:red", "tab:blue", "tab:gray")]
+    ax.legend(handles, ["measured: reproduced", "measured: not reproduced", "measured (no published)", "published"],
+              fontsize=7, loc="upper right")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)

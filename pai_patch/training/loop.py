@@ -282,6 +282,10 @@ class Trainer:
         from pai_patch.training.signals import StopRequest
 
         cfg, t = self.cfg, self.cfg.train
+        if self.rank == 0:  # the environment and data this run actually uses, for `pai_patch lock check`
+            from pai_patch.reproduce.lock import write_training_lock
+
+            write_training_lock(cfg)
         train_ds, valid_ds = self._datasets()
         iterators = self._iterators(train_ds, self.iteration)
         monitor = Monitor(self.output, enabled=self.rank == 0)
