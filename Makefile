@@ -66,5 +66,9 @@ bench-convert: $(STAMP) ## conversion speed and memory vs the I/O floor
 bench-gpu: $(STAMP) ## tokens/s, TFLOP/s and MFU on one GPU
 	$(PY) bench/gpu.py
 
+.PHONY: golden
+golden: $(STAMP) ## retrain each family's tiny size and rewrite tests/golden/*.json (review the diff)
+	$(PY) -m pai_patch.reproduce.golden --update
+
 clean: ## remove outputs (not the venv)
 	rm -rf output bench/_work .pytest_cache

@@ -83,3 +83,13 @@ def test_the_published_figures_we_found():
                    ("deepseek_v2", "A21B"): {"cmmlu/acc": 0.840, "ceval-valid/acc": 0.817},
                    ("llama2", "7B"): {"cmmlu/acc": 0.318, "ceval-valid/acc": 0.325},
                    ("llama2", "13B"): {"cmmlu/acc": 0.384, "ceval-valid/acc": 0.414}}
+
+
+def test_report_command_for_scores_measured_outside_the_stage(tmp_path):
+    from pai_patch.reproduce.report import main
+
+    (tmp_path / "results.json").write_text(json.dumps({"scores": {"cmmlu/acc": 0.62, "ceval-valid/acc": 0.60}}))
+    assert main([str(tmp_path / "results.json"), str(tmp_path / "out"), "recipe=deepseek_v2", "size=A2.4B"]) == 0
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "| cmmlu/acc | 0.6200 | 0.6430 | -0.0230 | NO |" in text
+    assert "| ceval-valid/acc | 0.6000 | 0.6030 | -0.0030 | yes |" in text

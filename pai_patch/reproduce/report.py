@@ -117,3 +117,31 @@ def plot(rows: list[dict[str, Any]], out: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pai_patch.reproduce.report RESULTS_JSON OUT_DIR recipe=R [size=S]``.
+
+    The report for scores measured outside the recipe's eval stage — e.g. a published base
+    checkpoint scored with ``python -m pai_patch eval ... --num-fewshot 5 --output RESULTS_JSON``.
+    """
+    import argparse
+    import sys
+
+    from pai_patch.recipes.resolve import load_recipe
+
+    parser = argparse.ArgumentParser(prog="python -m pai_patch.reproduce.report", description=main.__doc__.split("\n")[0])
+    parser.add_argument("results", type=Path, help="the JSON `pai_patch eval --output` wrote (its `scores`)")
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("overrides", nargs="+", help="recipe=NAME [size=SIZE] [eval.tolerance=...]")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    names = [o.split("=", 1)[1] for o in args.overrides if o.startswith("recipe=")]
+    if not names:
+        raise SystemExit("error: name the recipe: recipe=NAME")
+    scores = json.loads(args.results.read_text())["scores"]
+    write_report(load_recipe(names[0], args.overrides), scores, args.out_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
