@@ -17,8 +17,10 @@ import argparse
 import datetime
 import filecmp
 import json
+import os
 import random
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -115,6 +117,7 @@ def measure(kind: str, workers: int, corpus: Path) -> dict:
     """Run one configuration in a child process; sample the summed RSS of its process tree."""
     prefix = WORK / f"{kind}{workers}_text_document"
     cmd = [sys.executable, __file__, "--child", kind, "--workers", str(workers), "--corpus", str(corpus), "--prefix", str(prefix)]
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     parent, peak_pss, peak_rss = psutil.Process(proc.pid), 0, 0
     while proc.poll() is None:
@@ -128,31 +131,39 @@ def measure(kind: str, workers: int, corpus: Path) -> dict:
             pass
         time.sleep(0.2)
     out = proc.stdout.read()
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the child and its reaped pool workers
+    cpu = (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime)
     if proc.returncode:
         raise SystemExit(f"{kind} with {workers} workers failed (exit {proc.returncode})")
     result = json.loads(out.strip().splitlines()[-1])
-    result.update(kind=kind, workers=workers, peak_pss_mb=peak_pss / 2**20, peak_rss_mb=peak_rss / 2**20, prefix=str(prefix))
+    result.update(kind=kind, workers=workers, cpu_seconds=cpu, peak_pss_mb=peak_pss / 2**20, peak_rss_mb=peak_rss / 2**20, prefix=str(prefix))
     print(f"{kind:>8} workers={workers}: {result['tokens']:,} tokens in {result['seconds']:.1f}s = "
-          f"{result['tokens'] / result['seconds']:,.0f} tokens/s, peak memory {result['peak_pss_mb']:.0f} MB PSS "
+          f"{result['tokens'] / result['seconds']:,.0f} tokens/s, {result['tokens'] / cpu:,.0f} tokens/CPU-s, peak memory {result['peak_pss_mb']:.0f} MB PSS "
           f"(largest process RSS {result['peak_rss_mb']:.0f} MB)", flush=True)
     return result
 
 
 def write_results(rows: list[dict], corpus: Path, identical: bool) -> str:
     base = {r["workers"]: r["tokens"] / r["seconds"] for r in rows if r["kind"] == "baseline"}
+    base_cpu = {r["workers"]: r["tokens"] / r["cpu_seconds"] for r in rows if r["kind"] == "baseline"}
     ours = next(r for r in rows if r["kind"] == "ours")
-    rate = ours["tokens"] / ours["seconds"]
+    rate, rate_cpu = ours["tokens"] / ours["seconds"], ours["tokens"] / ours["cpu_seconds"]
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     lines = [SECTION, "",
              f"`make bench-data` on {datetime.date.today().isoformat()}, machine: 2-core CPU (shared), shipped tokenizer, "
              f"corpus {corpus.stat().st_size / 2**20:.0f} MB JSONL ({ours['documents']:,} documents, {ours['tokens']:,} tokens).",
              "Baseline = Megatron-LM `tools/preprocess_data.py` loop (per-document `json.loads` + `tokenizer(text)` + "
-             "`IndexedDatasetBuilder.add_document`, `Pool.imap` chunksize 32).", "",
-             "| run | workers | tokens/s | time (s) | peak memory, PSS of all processes (MB) | largest process RSS (MB) |",
-             "|---|---|---|---|---|---|"]
+             "`IndexedDatasetBuilder.add_document`, `Pool.imap` chunksize 32). The machine is shared: load average "
+             f"at the end {load}; wall-clock rates move with the other users' load, CPU-time rates much less.", "",
+             "| run | workers | tokens/s (wall) | time (s) | tokens per CPU-second | CPU (s) | peak memory, PSS of all processes (MB) "
+             "| largest process RSS (MB) |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['kind']} | {r['workers']} | {r['tokens'] / r['seconds']:,.0f} | {r['seconds']:.1f} | {r['peak_pss_mb']:.0f} | {r['peak_rss_mb']:.0f} |")
-    lines += ["", f"Ours (2 workers) vs baseline with 2 workers: **{rate / base[2]:.2f}x**; vs baseline with 1 worker: "
-              f"{rate / base[1]:.2f}x. Outputs byte-identical to the baseline's: {'yes' if identical else 'NO'}.", ""]
+        lines.append(f"| {r['kind']} | {r['workers']} | {r['tokens'] / r['seconds']:,.0f} | {r['seconds']:.1f} | "
+                     f"{r['tokens'] / r['cpu_seconds']:,.0f} | {r['cpu_seconds']:.1f} | {r['peak_pss_mb']:.0f} | {r['peak_rss_mb']:.0f} |")
+    lines += ["", f"Ours (2 workers) vs baseline with 2 workers: **{rate / base[2]:.2f}x** wall-clock, "
+              f"{rate_cpu / base_cpu[2]:.2f}x per CPU-second; vs baseline with 1 worker: {rate / base[1]:.2f}x wall-clock, "
+              f"{rate_cpu / base_cpu[1]:.2f}x per CPU-second. Outputs byte-identical to the baseline's: "
+              f"{'yes' if identical else 'NO'}.", ""]
     text = "\n".join(lines)
     old = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
     pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
