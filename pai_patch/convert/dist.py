@@ -29,16 +29,17 @@ def is_dist(iter_dir: Path) -> bool:
     return (iter_dir / "metadata.json").exists()
 
 
-def _prepend(item: Item, num_layers: int, num_experts: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(offsets, sizes) of the stacked leading axes of ``item``'s torch_dist tensor."""
-    if item.rule.scope is Scope.MODEL:
-        return (), ()
-    if item.rule.scope is Scope.LAYER:
-        return (item.layer,), (num_layers,)
-    return (item.layer, item.expert), (num_layers, num_experts)
+def _axes(item: Item, stacked: bool, num_layers: int, num_experts: int) -> tuple[str, tuple[int, ...], tuple[int, ...]]:
+    """(key, offsets, sizes) of ``item``'s torch_dist tensor and of its stacked leading axes."""
+    scope = item.rule.scope
+    layer_axis = scope is not Scope.MODEL and stacked
+    key = item.rule.dist_key(None if layer_axis or scope is Scope.MODEL else item.layer)
+    offsets = ((item.layer,) if layer_axis else ()) + ((item.expert,) if scope is Scope.EXPERT else ())
+    sizes = ((num_layers,) if layer_axis else ()) + ((num_experts,) if scope is Scope.EXPERT else ())
+    return key, offsets, sizes
 
 
-def sharded(item: Item, data: torch.Tensor, full: tuple[int, ...], row: int, num_layers: int,
+def sharded(item: Item, data: torch.Tensor, full: tuple[int, ...], row: int, *, stacked: bool, num_layers: int,
             num_experts: int) -> Any:
     """The ShardedTensor for rows ``row:row+len(data)`` of ``item``'s full tensor.
 
@@ -48,10 +49,10 @@ def sharded(item: Item, data: torch.Tensor, full: tuple[int, ...], row: int, num
     """
     from megatron.core.dist_checkpointing import ShardedTensor
 
-    offsets, sizes = _prepend(item, num_layers, num_experts)
+    key, offsets, sizes = _axes(item, stacked, num_layers, num_experts)
     data = data.reshape((1,) * len(offsets) + tuple(data.shape))
     return ShardedTensor(
-        key=item.rule.dist_key, data=data, dtype=data.dtype, local_shape=tuple(data.shape),
+        key=key, data=data, dtype=data.dtype, local_shape=tuple(data.shape),
         global_shape=sizes + tuple(full), global_offset=offsets + (row,) + (0,) * (len(full) - 1),
         axis_fragmentations=None, replica_id=0,
     )
@@ -120,21 +121,24 @@ def _merge(into: Any, other: Any) -> None:
 class DistReader:
     """Reads full tensors (or row blocks) of any torch_dist checkpoint, whatever TP/PP/EP wrote it."""
 
-    def __init__(self, iter_dir: Path) -> None:
+    def __init__(self, iter_dir: Path, *, stacked: bool, num_layers: int, num_experts: int) -> None:
         from megatron.core import dist_checkpointing
 
         self.iter_dir = iter_dir
+        self.layout = dict(stacked=stacked, num_layers=num_layers, num_experts=num_experts)
         self.tensors = dist_checkpointing.load_tensors_metadata(str(iter_dir))
+
+    def key(self, item: Item) -> str:
+        return _axes(item, **self.layout)[0]
 
     def shape(self, item: Item) -> tuple[int, ...] | None:
         """The full (unstacked) shape stored for ``item``; None when the checkpoint lacks its key."""
-        meta = self.tensors.get(item.rule.dist_key)
-        if meta is None:
-            return None
-        return tuple(meta.global_shape[len(_prepend(item, 1, 1)[0]):])
+        key, offsets, _ = _axes(item, **self.layout)
+        meta = self.tensors.get(key)
+        return None if meta is None else tuple(meta.global_shape[len(offsets):])
 
     def dtype(self, item: Item) -> torch.dtype:
-        return self.tensors[item.rule.dist_key].dtype
+        return self.tensors[self.key(item)].dtype
 
     def read(self, requests: list[tuple[Item, slice]]) -> list[torch.Tensor]:
         """Rows ``rows`` of each item's full tensor, in one DCP load."""
@@ -144,15 +148,10 @@ class DistReader:
             return []
         state = {}
         for n, (item, rows) in enumerate(requests):
-            meta = self.tensors[item.rule.dist_key]
-            prepend = len(_prepend(item, 1, 1)[0])
-            full = tuple(meta.global_shape[prepend:])
+            meta = self.tensors[self.key(item)]
+            full = self.shape(item)
             data = torch.empty((rows.stop - rows.start, *full[1:]), dtype=meta.dtype)
-            layers, experts = (meta.global_shape[:prepend] + (1, 1))[:2]
-            state[str(n)] = sharded(item, data, full, rows.start, layers, experts)
+            state[str(n)] = sharded(item, data, full, rows.start, **self.layout)
         loaded = dist_checkpointing.load({"model": state}, str(self.iter_dir), validate_access_integrity=False)
-        out = []
-        for n, (item, _) in enumerate(requests):
-            tensor = loaded["model"][str(n)]
-            out.append(tensor.reshape(tensor.shape[len(_prepend(item, 1, 1)[0]):]))  # drop the stacked axes
-        return out
+        return [loaded["model"][str(n)].reshape(state[str(n)].local_shape[-len(self.shape(item)):])
+                for n, (item, _) in enumerate(requests)]

@@ -66,6 +66,12 @@ class Model:
     def num_experts(self) -> int:
         return self.mapping.num_experts(self.size)
 
+    @property
+    def dist_layout(self) -> dict[str, object]:
+        """How torch_dist keys and axes are laid out for this model (see :mod:`pai_patch.convert.dist`)."""
+        return dict(stacked=self.mapping.stacked_layers(self.size), num_layers=self.size.num_layers,
+                    num_experts=self.num_experts)
+
     def row_blocks(self, item: Item, dtype: torch.dtype) -> list[slice]:
         """Row ranges to move ``item`` in: one, unless it is large and needs no fusing."""
         shape = self.full_shape(item)
@@ -149,18 +155,17 @@ def _write_dist(model: Model, source: HfSource, iter_dir: Path, meta: dict) -> N
     """One ``save`` per group; a large unfused tensor is saved one row block at a time."""
     writer = dist.DistWriter(iter_dir, {"iteration": 0, "checkpoint_version": legacy.CHECKPOINT_VERSION,
                                         "pai_patch": meta})
-    layers, experts = model.size.num_layers, model.num_experts
     for group in _progress(model.groups, "hf2mcore"):
         pieces = {}
         for item in group.items:
             shape = model.full_shape(item)
             blocks = model.row_blocks(item, source.out_dtype(item))
             if len(blocks) == 1:
-                pieces[item.label] = dist.sharded(item, source.read(item), shape, 0, layers, experts)
+                pieces[item.label] = dist.sharded(item, source.read(item), shape, 0, **model.dist_layout)
                 continue
             for rows in blocks:
-                writer.save({item.label: dist.sharded(item, source.read(item, rows), shape, rows.start, layers,
-                                                      experts)})
+                writer.save({item.label: dist.sharded(item, source.read(item, rows), shape, rows.start,
+                                                      **model.dist_layout)})
         if pieces:
             writer.save(pieces)
     writer.finish()
@@ -211,7 +216,7 @@ class McoreSource:
     def __init__(self, model: Model, ckpt_dir: Path) -> None:
         self.model = model
         self.iter_dir, _ = legacy.read_tracker(ckpt_dir)
-        self.dist = dist.DistReader(self.iter_dir) if dist.is_dist(self.iter_dir) else None
+        self.dist = dist.DistReader(self.iter_dir, **model.dist_layout) if dist.is_dist(self.iter_dir) else None
         if self.dist is None:
             self.layout = legacy.LegacyLayout.detect(self.iter_dir)
             self._stage: tuple[int, dict[tuple[int, int], dict[str, torch.Tensor]]] | None = None
@@ -224,9 +229,9 @@ class McoreSource:
                 if self.dist is not None:
                     got = self.dist.shape(item)
                     if got is None:
-                        raise ValueError(f"{self.iter_dir}: missing tensor {item.rule.dist_key} (for {item.label})")
+                        raise ValueError(f"{self.iter_dir}: missing tensor {self.dist.key(item)} (for {item.label})")
                     if got != want:
-                        raise ValueError(f"{self.iter_dir}: tensor {item.rule.dist_key} has shape {list(got)}, but "
+                        raise ValueError(f"{self.iter_dir}: tensor {self.dist.key(item)} has shape {list(got)}, but "
                                          f"size {self.model.size.name} of {self.model.family.name} needs {list(want)}")
         if self.dist is None:
             check_layout(self.model.size, self.model.mapping, self.layout.tp, self.layout.pp, self.layout.ep)

@@ -158,12 +158,17 @@ def unshard(rule: TensorRule, pieces: list[torch.Tensor]) -> torch.Tensor:
 
 # ---- expected shapes ------------------------------------------------------------------
 def hf_shapes(family: "ModelFamily", size: ModelSize) -> dict[str, tuple[int, ...]]:
-    """Every HF tensor's shape, from transformers itself (a meta-device model: no memory)."""
+    """Every HF tensor's shape as saved on disk, from transformers itself (a meta-device model: no memory).
+
+    transformers 5 fuses some tensors in memory (all MoE experts in one) and splits them
+    back when saving; the same reverse conversion gives the names checkpoints have.
+    """
     import transformers
+    from transformers.core_model_loading import revert_weight_conversion
 
     with torch.device("meta"):
         model = transformers.AutoModelForCausalLM.from_config(family.hf_config(size))
-    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    return {name: tuple(t.shape) for name, t in revert_weight_conversion(model, model.state_dict()).items()}
 
 
 def full_shape(item: Item, shapes: dict[str, tuple[int, ...]], size: ModelSize) -> tuple[int, ...]:

@@ -68,6 +68,9 @@ class TensorRule:
     stage: Stage | None = None
     #: name in the Transformer-Engine spec when it differs (TE fuses layer norms into the next linear)
     te: str | None = None
+    #: torch_dist name when the local spec renames it on save (megatron's ``sharded_state_dict_keys_map``,
+    #: e.g. the dense local spec saves its norms under the TE names); None = ``mcore``
+    dist: str | None = None
     #: include the rule for this size (and decoder layer, for LAYER/EXPERT scope); None = always
     when: Callable[["ModelSize", int | None], bool] | None = None
 
@@ -77,14 +80,15 @@ class TensorRule:
     def name(self, te: bool = False) -> str:
         return self.te if te and self.te else self.mcore
 
-    @property
-    def dist_key(self) -> str:
-        """The torch_dist key, the same for both specs.
+    def dist_key(self, layer: int | None = None) -> str:
+        """The torch_dist key of the local spec's ``model.sharded_state_dict()``.
 
-        megatron-core stacks layers and experts as leading axes of one tensor, and names
-        the local spec's norms by their TE names, so a checkpoint loads into either spec.
+        megatron-core stacks experts, and the layers of a homogeneous model, as leading
+        axes of one tensor (``layer`` None); a model whose layers differ (dense first
+        layers of an MoE) keeps the global layer number in the key instead.
         """
-        return self.name(te=True).replace("{layer}.", "").replace("local_experts.{expert}.", "experts.")
+        name = (self.dist or self.mcore).replace("local_experts.{expert}.", "experts.")
+        return name.replace("{layer}.", "") if layer is None else name.replace("{layer}", str(layer))
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,9 @@ class WeightMapping:
     rules: tuple[TensorRule, ...]
     #: routed experts per MoE layer (0 for dense models)
     num_experts: Callable[["ModelSize"], int] = field(default=lambda size: 0)
+    #: whether torch_dist stacks the layers as one axis (megatron-core's ``non_homogeneous_layers``
+    #: is off): true unless the layers differ, e.g. ``moe_layer_freq`` mixing dense and MoE layers
+    stacked_layers: Callable[["ModelSize"], bool] = field(default=lambda size: True)
     #: (embedding, output layer): with tied embeddings a later pipeline stage keeps a copy of the
     #: embedding under the output-layer name in legacy checkpoints; torch_dist stores it once
     tied: tuple[str, str] = ("embedding.word_embeddings.weight", "output_layer.weight")

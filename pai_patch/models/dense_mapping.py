@@ -23,19 +23,20 @@ def _untied(size: ModelSize, layer: int | None) -> bool:
 
 def dense_mapping() -> WeightMapping:
     qkv = tuple(f"{H}self_attn.{p}_proj" for p in "qkv")
+    # TE fuses the norms into the next linear; megatron's local spec saves torch_dist under those names too
+    attn_norm, mlp_norm = L + "self_attention.linear_qkv.layer_norm_weight", L + "mlp.linear_fc1.layer_norm_weight"
     return WeightMapping(
         rules=(
             TensorRule("embedding.word_embeddings.weight", ("model.embed_tokens.weight",),
                        scope=Scope.MODEL, stage=Stage.FIRST, split=Split.VOCAB),
-            TensorRule(L + "input_layernorm.weight", (H + "input_layernorm.weight",),
-                       te=L + "self_attention.linear_qkv.layer_norm_weight"),
+            TensorRule(L + "input_layernorm.weight", (H + "input_layernorm.weight",), te=attn_norm, dist=attn_norm),
             TensorRule(L + "self_attention.linear_qkv.weight", tuple(f"{n}.weight" for n in qkv),
                        split=Split.COLUMN, fuse=Fuse.QKV),
             TensorRule(L + "self_attention.linear_qkv.bias", tuple(f"{n}.bias" for n in qkv),
                        split=Split.COLUMN, fuse=Fuse.QKV, when=_has_qkv_bias),
             TensorRule(L + "self_attention.linear_proj.weight", (H + "self_attn.o_proj.weight",), split=Split.ROW),
-            TensorRule(L + "pre_mlp_layernorm.weight", (H + "post_attention_layernorm.weight",),
-                       te=L + "mlp.linear_fc1.layer_norm_weight"),
+            TensorRule(L + "pre_mlp_layernorm.weight", (H + "post_attention_layernorm.weight",), te=mlp_norm,
+                       dist=mlp_norm),
             TensorRule(L + "mlp.linear_fc1.weight", (H + "mlp.gate_proj.weight", H + "mlp.up_proj.weight"),
                        split=Split.GLU, fuse=Fuse.CONCAT),
             TensorRule(L + "mlp.linear_fc2.weight", (H + "mlp.down_proj.weight",), split=Split.ROW),
