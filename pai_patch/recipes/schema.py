@@ -79,6 +79,8 @@ class GenerateStage:
     top_p: float = 0.0
     temperature: float = 1.0
     repetition_penalty: float = 1.0
+    #: wrap prompts in the tokenizer's chat template (models after SFT)
+    chat: bool = False
 
 
 @dataclass

@@ -135,11 +135,12 @@ def _training_stage(stage: str) -> Callable[[Recipe, Paths], None]:
         import yaml
 
         cfg = train_config(recipe, stage)
-        needs_data = cfg.data.type == "mmap" and not Path(f"{cfg.data.train_path}.idx").exists()
-        if needs_data and cfg.data.train_path.startswith(str(p.data)):
-            stage_data(recipe, p)
+        if cfg.data.train_path.startswith(str(p.data)):
+            stage_data(recipe, p)  # this run's own data: (re)made when missing or stale
         out = Path(cfg.output_dir)
-        inputs = [Path(f"{cfg.data.train_path}.bin") if cfg.data.type == "mmap" else Path(cfg.data.train_path)]
+        inputs = [p.data if cfg.data.train_path.startswith(str(p.data)) else Path(cfg.data.train_path)]
+        if cfg.checkpoint.load:  # a retrained parent makes this stage stale
+            inputs.append(Path(cfg.checkpoint.load) / "latest_checkpointed_iteration.txt")
         fp = _fingerprint(inputs, to_dict(cfg))
         final = out / "checkpoint" / f"iter_{cfg.train.iterations:07d}"
         if up_to_date(out, fp) and final.exists():
@@ -233,7 +234,7 @@ def stage_generate(recipe: Recipe, p: Paths) -> None:
                         recipe.model.size, "--tp", str(recipe.parallel.tp), "--input", resolve_path(g.prompts),
                         "--output", str(out), "--max-new-tokens", str(g.max_new_tokens), "--top-k", str(g.top_k),
                         "--top-p", str(g.top_p), "--temperature", str(g.temperature),
-                        "--repetition-penalty", str(g.repetition_penalty)))
+                        "--repetition-penalty", str(g.repetition_penalty), *(["--chat"] if g.chat else [])))
     mark_done(p.generate, fp)
 
 
