@@ -14,17 +14,21 @@ other Megatron tools can read it, with three guarantees the original lacks:
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import shutil
+import uuid
+import zlib
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from pai_patch.utils import fsync_dir, write_text_atomic
+from pai_patch.cli import CliError
+from pai_patch.utils import fsync_dir, fsync_tree, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +37,8 @@ MARKER = "COMPLETE.json"
 CHECKPOINT_VERSION = 3.0
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, incomplete or does not fit the run."""
+class CheckpointError(RuntimeError, CliError):
+    """A checkpoint that is missing, incomplete or does not fit the run (one-line CLI error)."""
 
 
 def iteration_dir(root: str | Path, iteration: int) -> Path:
@@ -61,22 +65,105 @@ def is_training_checkpoint(root: str | Path) -> bool:
     return iteration is not None and (iteration_dir(root, iteration) / MARKER).is_file()
 
 
-def write_marker(directory: Path) -> None:
-    files = {str(p.relative_to(directory)): p.stat().st_size for p in sorted(directory.rglob("*")) if p.is_file()}
-    (directory / MARKER).write_text(json.dumps({"files": files}, indent=1))
+def _iteration_of(path: Path) -> int | None:
+    try:
+        return int(path.name[len("iter_"):])
+    except ValueError:
+        return None
 
 
-def verify_marker(directory: Path) -> None:
+def complete_iterations(root: str | Path) -> list[int]:
+    """Iterations under ``root`` that carry a completeness marker, oldest first."""
+    found = [(_iteration_of(p), p) for p in Path(root).glob("iter_*") if (p / MARKER).is_file()]
+    return sorted(i for i, _ in found if i is not None)
+
+
+def file_crc32(path: Path, chunk: int = 1 << 22) -> int:
+    crc = 0
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            crc = zlib.crc32(block, crc)
+    return crc
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _gather(obj: Any) -> list[Any]:
+    rank, world = _world()
+    if world == 1:
+        return [obj]
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _checkpoint_files(directory: Path) -> list[Path]:
+    return [p for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MARKER]
+
+
+def describe_files(directory: Path) -> dict[str, dict[str, int]]:
+    """Size and CRC-32 of every file, the reading split over the ranks (each reads 1/world)."""
+    rank, world = _world()
+    files = _checkpoint_files(directory)
+    mine = {str(p.relative_to(directory)): {"size": p.stat().st_size, "crc32": file_crc32(p)}
+            for i, p in enumerate(files) if i % world == rank}
+    merged: dict[str, dict[str, int]] = {}
+    for part in _gather(mine):
+        merged.update(part)
+    return dict(sorted(merged.items()))
+
+
+def write_marker(directory: Path, files: dict[str, dict[str, int]] | None = None) -> None:
+    files = describe_files(directory) if files is None else files
     marker = directory / MARKER
-    if not marker.is_file():
-        raise CheckpointError(f"{directory}: no {MARKER}; the checkpoint was not completely written")
-    expected = json.loads(marker.read_text())["files"]
-    for name, size in expected.items():
+    with open(marker, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps({"files": files}, indent=1))
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _check_files(directory: Path, expected: dict[str, Any], *, checksums: bool) -> str | None:
+    """The first problem with this rank's share of the files, or None."""
+    rank, world = _world()
+    for i, (name, entry) in enumerate(sorted(expected.items())):
+        size, crc = (entry, None) if isinstance(entry, int) else (entry.get("size"), entry.get("crc32"))
         path = directory / name
         if not path.is_file():
-            raise CheckpointError(f"{path}: missing from checkpoint {directory}")
+            return f"{path}: missing from checkpoint {directory}; the checkpoint is incomplete"
         if path.stat().st_size != size:
-            raise CheckpointError(f"{path}: {path.stat().st_size} bytes, expected {size}; the file is corrupt")
+            return f"{path}: {path.stat().st_size} bytes, expected {size}; the file is corrupt (truncated or overwritten)"
+        if checksums and crc is not None and i % world == rank and file_crc32(path) != crc:
+            return f"{path}: CRC-32 {file_crc32(path):08x}, expected {crc:08x}; the file is corrupt"
+    return None
+
+
+def verify_marker(directory: Path, *, checksums: bool = True) -> None:
+    """Raise CheckpointError naming the first missing or corrupt file of ``directory``.
+
+    Under torch.distributed every rank checks a share of the checksums and all ranks
+    raise the same error, so none is left waiting in a collective."""
+    directory = Path(directory)
+    problem = None
+    marker = directory / MARKER
+    if not directory.is_dir():
+        problem = f"{directory}: no such checkpoint directory"
+    elif not marker.is_file():
+        problem = f"{directory}: no {MARKER}; the checkpoint was not completely written"
+    else:
+        try:
+            expected = json.loads(marker.read_text())["files"]
+        except (ValueError, KeyError, TypeError):
+            expected = None
+            problem = f"{marker}: unreadable completeness marker; the checkpoint is corrupt"
+        if expected is not None:
+            problem = _check_files(directory, expected, checksums=checksums)
+    problems = [p for p in _gather(problem) if p]
+    if problems:
+        raise CheckpointError(problems[0])
 
 
 def _rng_state() -> dict[str, Any]:
@@ -137,42 +224,140 @@ def _state(model_chunks, optimizer, scheduler, *, is_loading: bool, extra: dict[
     return state
 
 
+def _agree(local: bool) -> bool:
+    """True on every rank when any rank says True."""
+    if _world()[1] == 1:
+        return local
+    flag = torch.tensor([1.0 if local else 0.0])
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def _broadcast(obj: Any) -> Any:
+    if _world()[1] == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _remove(path: Path) -> None:
+    """Delete a directory by first renaming it out of the ``iter_*`` namespace (atomic), so
+    a kill halfway through the delete never leaves a partial ``iter_*`` behind."""
+    if not path.exists():
+        return
+    trash = path.parent / f".trash-{path.name}-{uuid.uuid4().hex[:8]}"
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _clean_stale(root: Path) -> None:
+    """Temporary and half-deleted directories left by a killed run (never loadable by name)."""
+    for stale in list(root.glob(".tmp-iter_*")) + list(root.glob(".trash-iter_*")):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _one_line(err: BaseException) -> str:
+    """megatron-core/torch report write failures as multi-line tracebacks: keep the last line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
+def _disk_hint(err: BaseException, root: Path) -> str:
+    """Why a save failed, when the cause is the disk: full, over quota or a file-size limit."""
+    code = getattr(err, "errno", None) or getattr(err.__cause__, "errno", None)
+    text = str(err)
+    if code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text or "quota" in text.lower():
+        return " (disk full or over quota)"
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if code == errno.EFBIG or "File too large" in text or limit != resource.RLIM_INFINITY:
+            return f" (file size limit reached: ulimit -f allows {limit} bytes per file)"
+    except (ImportError, ValueError, OSError):
+        pass
+    try:
+        free = shutil.disk_usage(root).free
+        if free < 64 << 20:
+            return f" (disk full: {free >> 20} MiB free on {root})"
+    except OSError:
+        pass
+    return ""
+
+
 def save_checkpoint(root: str | Path, iteration: int, model_chunks, optimizer, scheduler, *,
                     consumed_samples: int, world_size: int, keep_last: int | None = None) -> Path:
-    """Write ``iter_N`` atomically, then point the tracker at it, then apply retention."""
+    """Write ``iter_N`` atomically, then point the tracker at it, then apply retention.
+
+    The files go to a uniquely named ``.tmp-iter_N-<token>`` directory (an orphaned writer
+    of a killed run can never write into a later attempt's), are checksummed into
+    ``COMPLETE.json``, fsynced, renamed to ``iter_N``; only then is the tracker replaced.
+    A failure (disk full, quota) removes the temporary directory and raises
+    CheckpointError; the previous checkpoint stays ``latest``."""
     from megatron.core import dist_checkpointing
 
     root = Path(root)
     final = iteration_dir(root, iteration)
-    tmp = root / f".tmp-{final.name}"
-    rank = dist.get_rank()
+    rank = _world()[0]
+    previous = read_tracker(root)
+    # a rerun that resumed at its last iteration must not rewrite the checkpoint it loaded
+    if _agree(rank == 0 and previous == iteration and (final / MARKER).is_file()):
+        log.info("checkpoint %s already saved; not rewriting it", final)
+        return final
+    token = _broadcast(uuid.uuid4().hex[:12] if rank == 0 else None)
+    tmp = root / f".tmp-{final.name}-{token}"
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        _clean_stale(root)
         tmp.mkdir()
-    dist.barrier()
-    extra = {"iteration": iteration, "consumed_samples": consumed_samples, "world_size": world_size}
-    state = _state(model_chunks, optimizer, scheduler, is_loading=False, extra=extra)
-    dist_checkpointing.save(state, str(tmp))
-    dist.barrier()
-    if rank == 0:
-        write_marker(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        fsync_dir(root)
-        write_text_atomic(root / TRACKER, f"{iteration}\n")
-        if keep_last:
-            _apply_retention(root, keep_last)
-    dist.barrier()
+    if _world()[1] > 1:
+        dist.barrier()
+    failure: BaseException | None = None
+    try:
+        extra = {"iteration": iteration, "consumed_samples": consumed_samples, "world_size": world_size}
+        state = _state(model_chunks, optimizer, scheduler, is_loading=False, extra=extra)
+        dist_checkpointing.save(state, str(tmp))
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as err:  # noqa: BLE001 - torch's CheckpointException is a BaseException
+        failure = err
+    if not _agree(failure is not None):
+        try:
+            files = describe_files(tmp)
+            if rank == 0:
+                write_marker(tmp, files)
+                fsync_tree(tmp)
+                _remove(final)  # a stale iter_N of a killed run (renamed, tracker not yet updated)
+                os.replace(tmp, final)
+                fsync_dir(root)
+                write_text_atomic(root / TRACKER, f"{iteration}\n")
+        except Exception as err:  # noqa: BLE001
+            failure = err
+    if _agree(failure is not None):
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        kept = read_tracker(root)
+        kept_text = f"{iteration_dir(root, kept)} is kept as latest" if kept is not None else "no checkpoint kept"
+        reason = _one_line(failure) if failure is not None else "another rank failed to write its shard"
+        hint = _disk_hint(failure, root) if failure is not None else ""
+        raise CheckpointError(f"saving {final} failed{hint}: {reason}; {kept_text}")
+    if rank == 0 and keep_last:
+        _apply_retention(root, keep_last)
+    if _world()[1] > 1:
+        dist.barrier()
     return final
 
 
 def _apply_retention(root: Path, keep_last: int) -> None:
-    done = sorted(p for p in root.glob("iter_*") if (p / MARKER).is_file())
+    """Keep the newest ``keep_last`` complete checkpoints up to the tracker's; never the tracker's own."""
+    latest = read_tracker(root)
+    if latest is None:
+        return
+    done = [i for i in complete_iterations(root) if i <= latest]
     for old in done[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old != latest:
+            _remove(iteration_dir(root, old))
 
 
 def _materialize_optimizer_state(optimizer) -> None:  # noqa: ANN001
@@ -185,6 +370,27 @@ def _materialize_optimizer_state(optimizer) -> None:  # noqa: ANN001
             opt._init_optimizer_states_with_dummy_values()
 
 
+def _check_compatible(directory: Path, template: dict[str, Any]) -> None:
+    """Name the first model tensor the checkpoint lacks or holds at another shape."""
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+
+    saved = dist_checkpointing.load_tensors_metadata(str(directory))
+    wanted = [v for k, v in template.items() if k.startswith("model")]
+    for tensor in nested_values(wanted):
+        if not isinstance(tensor, ShardedTensor):
+            continue
+        have = saved.get(tensor.key)
+        if have is None:
+            raise CheckpointError(f"{directory}: no tensor {tensor.key!r}; the checkpoint was saved for another "
+                                  "model (family, size or layout) than this run's")
+        if tuple(have.global_shape) != tuple(tensor.global_shape):
+            raise CheckpointError(f"{directory}: tensor {tensor.key!r} has shape {tuple(have.global_shape)}, this "
+                                  f"model expects {tuple(tensor.global_shape)}; the checkpoint was saved for another "
+                                  "model or size")
+
+
 def load_checkpoint(root: str | Path, model_chunks, optimizer, scheduler, *, world_size: int
                     ) -> dict[str, Any]:
     """Resume everything from the tracker's iteration; returns iteration and consumed samples."""
@@ -194,14 +400,25 @@ def load_checkpoint(root: str | Path, model_chunks, optimizer, scheduler, *, wor
     if iteration is None:
         raise CheckpointError(f"{root}: no {TRACKER}; nothing to resume from")
     directory = iteration_dir(root, iteration)
-    verify_marker(directory)
+    try:
+        verify_marker(directory)
+    except CheckpointError as err:
+        others = [i for i in complete_iterations(root) if i != iteration]
+        hint = (f"; other checkpoints here: {', '.join(iteration_dir(root, i).name for i in others)} "
+                f"(write one's iteration into {Path(root) / TRACKER} to resume from it)") if others else ""
+        raise CheckpointError(f"{err} (resuming from {Path(root) / TRACKER} = {iteration}){hint}") from None
     _materialize_optimizer_state(optimizer)
     template = _state(model_chunks, optimizer, scheduler, is_loading=True, extra={})
     common = dist_checkpointing.load_common_state_dict(str(directory))
     same_world = common.get("world_size") == world_size
     if not same_world:
         template.pop("rng_state")  # RNG states are per rank; a new layout starts its own
-    loaded = dist_checkpointing.load(template, str(directory))
+    _check_compatible(directory, template)
+    try:
+        loaded = dist_checkpointing.load(template, str(directory))
+    except Exception as err:  # noqa: BLE001 - megatron-core's errors are multi-line; name the checkpoint
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{directory}: cannot load into this run ({type(err).__name__}: {first})") from err
     for key, chunk in zip(_model_state(model_chunks), model_chunks):
         unwrap(chunk).load_state_dict(loaded[key])
     optimizer.load_state_dict(loaded["optimizer"])

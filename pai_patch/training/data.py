@@ -48,10 +48,25 @@ def _strip_idx_suffix(path: str) -> str:
     return path
 
 
-def _check_prefix(prefix: str, what: str) -> None:
+def _check_prefix(prefix: str, what: str, seq_length: int | None = None) -> None:
     missing = [s for s in (".bin", ".idx") if not Path(prefix + s).is_file()]
     if missing:
         raise FileNotFoundError(f"{what}: {prefix}{missing[0]} not found (expected a Megatron .bin/.idx prefix)")
+    from pai_patch.data.indexed import IndexedReader
+
+    # megatron-core asserts (or reads garbage) on a damaged index: check it first, naming the file
+    try:
+        reader = IndexedReader.open(prefix)
+    except ValueError as err:
+        raise ValueError(f"{what}: {err}") from None
+    end = int(reader.sequence_pointers[-1]) + int(reader.sequence_lengths[-1]) * reader.dtype.itemsize if len(reader) else 0
+    if end > Path(prefix + ".bin").stat().st_size:
+        raise ValueError(f"{what}: {prefix}.bin has {Path(prefix + '.bin').stat().st_size} bytes but {prefix}.idx "
+                         f"points to {end}; the .bin is truncated or belongs to another index")
+    tokens = int(reader.sequence_lengths.sum())
+    if seq_length is not None and tokens < seq_length + 1:
+        raise ValueError(f"{what}: {prefix}.bin holds {tokens} tokens in {reader.num_documents} documents, fewer than "
+                         f"one training sample needs (seq_length + 1 = {seq_length + 1})")
 
 
 def build_pretrain_datasets(cfg: TrainConfig, tokenizer, num_samples: tuple[int, int], cache_dir: Path
@@ -61,8 +76,8 @@ def build_pretrain_datasets(cfg: TrainConfig, tokenizer, num_samples: tuple[int,
 
     train = _strip_idx_suffix(cfg.data.train_path or "")
     valid = _strip_idx_suffix(cfg.data.valid_path or train)
-    _check_prefix(train, "data.train_path")
-    _check_prefix(valid, "data.valid_path")
+    _check_prefix(train, "data.train_path", cfg.train.seq_length)
+    _check_prefix(valid, "data.valid_path", cfg.train.seq_length)
     view = MegatronTokenizerView(
         eod=tokenizer.eos_token_id,
         pad=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,

@@ -19,13 +19,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from pai_patch.cli import CliError
 from pai_patch.training.config import TrainConfig
 
 log = logging.getLogger("pai_patch.train")
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN/Inf more often than the skip budget allows."""
+class NonFiniteLossError(RuntimeError, CliError):
+    """The loss became NaN/Inf more often than the skip budget allows (one-line CLI error)."""
 
 
 @dataclass

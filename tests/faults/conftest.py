@@ -1,0 +1,67 @@
+"""Fixtures of the fault suite: one fork server, one tiny dataset, one reference run per configuration."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from harness import COUNTS, REPO, Zygote, train_args
+
+
+@pytest.fixture(scope="session")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("faults")
+
+
+@pytest.fixture(scope="session")
+def zygote():
+    server = Zygote()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def data_prefix(work: Path) -> str:
+    from pai_patch.data.pretrain import preprocess_pretrain
+    from pai_patch.data.tokenizer import load_tokenizer
+
+    prefix = work / "data" / "pt"
+    prefix.parent.mkdir()
+    preprocess_pretrain(str(REPO / "pai_patch/assets/corpus/pretrain.jsonl"), load_tokenizer("shipped"), str(prefix))
+    return f"{prefix}_text_document"
+
+
+class References:
+    """Uninterrupted runs, one per configuration, made on first use and shared by the tests."""
+
+    def __init__(self, work: Path, zygote: Zygote, data: str) -> None:
+        self.work, self.zygote, self.data, self.done = work, zygote, data, {}
+
+    def get(self, name: str, iters: int, *extra: str, torchrun: bool = False) -> Path:
+        if name not in self.done:
+            from harness import launch_process
+
+            out = self.work / f"ref-{name}"
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            argv = train_args(out, self.data, iters, *extra)
+            run = launch_process(argv, out / "log", torchrun=True) if torchrun else self.zygote.launch(argv, out / "log")
+            rc = run.wait(600)
+            run.kill_group()
+            assert rc == 0, f"reference run {name} failed (rc {rc}):\n{run.text()[-3000:]}"
+            self.done[name] = out
+        return self.done[name]
+
+
+@pytest.fixture(scope="session")
+def references(work: Path, zygote: Zygote, data_prefix: str) -> References:
+    return References(work, zygote, data_prefix)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001
+    if COUNTS.kills or COUNTS.dirs_audited:
+        terminalreporter.write_line(COUNTS.summary())
+        for note in COUNTS.notes:
+            terminalreporter.write_line(f"  {note}")

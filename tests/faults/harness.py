@@ -1,0 +1,231 @@
+"""Helpers of the fault suite: launching runs (fork server, plain process, torchrun), killing
+them, auditing checkpoint directories against an uninterrupted reference run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+PY = sys.executable
+TINY = ["model.family=qwen2_5", "model.size=tiny", "train.seq_length=32", "train.global_batch_size=4",
+        "train.micro_batch_size=2", "train.log_interval=1", "optim.lr=3e-3"]
+
+
+@dataclass
+class Counts:
+    kills: int = 0
+    kills_in_save: int = 0
+    kills_survived: int = 0
+    resumes: int = 0
+    resumes_exact: int = 0
+    torchrun_kills: int = 0
+    dirs_audited: int = 0
+    dirs_rejected: int = 0
+    corrupt_loaded: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (f"fault suite: kills {self.kills} (during a save {self.kills_in_save}, torchrun {self.torchrun_kills}), "
+                f"kills survived {self.kills_survived}, resumes exact {self.resumes_exact}/{self.resumes}, "
+                f"checkpoint dirs audited {self.dirs_audited} (rejected as incomplete {self.dirs_rejected}), "
+                f"corrupt checkpoints loaded {self.corrupt_loaded}")
+
+
+COUNTS = Counts()
+
+
+def env_one_thread() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("WORLD_SIZE", None)
+    env.pop("RANK", None)
+    return env
+
+
+def train_args(out: Path, data: str, iters: int, *extra: str) -> list[str]:
+    return ["train", *TINY, f"train.train_iters={iters}", f"data.train_path={data}", f"output_dir={out}", *extra]
+
+
+# ---- processes -------------------------------------------------------------------------
+class Run:
+    """One training process (or a torchrun agent and its workers), in its own session."""
+
+    def __init__(self, pid: int, log: Path, *, popen: subprocess.Popen | None = None) -> None:
+        self.pid, self.log, self.popen = pid, log, popen
+        self.started = time.monotonic()
+
+    def poll(self) -> int | None:
+        if self.popen is not None:
+            return self.popen.poll()
+        rc = Path(str(self.log) + ".rc")
+        return int(rc.read_text()) if rc.is_file() and rc.read_text().strip() else None
+
+    def wait(self, timeout: float = 300) -> int:
+        deadline = time.monotonic() + timeout
+        while (rc := self.poll()) is None:
+            if time.monotonic() > deadline:
+                self.kill_group()
+                raise TimeoutError(f"run {self.pid} did not finish in {timeout}s; log {self.log}")
+            time.sleep(0.05)
+        return rc
+
+    def kill(self) -> int:
+        """SIGKILL the training process itself (its forked checkpoint writers are left orphaned)."""
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return self.wait(60)
+
+    def kill_group(self) -> None:
+        """SIGKILL everything left of this run's session (orphaned writers, torchrun workers)."""
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+class Zygote:
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([PY, str(Path(__file__).with_name("zygote.py"))], cwd=REPO, env=env_one_thread(),
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError(f"fault-suite fork server did not start: {line!r}")
+
+    def launch(self, argv: list[str], log: Path, *, env: dict[str, str] | None = None, fsize: int | None = None) -> Run:
+        Path(str(log) + ".rc").unlink(missing_ok=True)
+        self.proc.stdin.write(json.dumps({"argv": argv, "log": str(log), "env": env or {}, "fsize": fsize}) + "\n")
+        self.proc.stdin.flush()
+        return Run(json.loads(self.proc.stdout.readline())["pid"], log)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(30)
+
+
+def launch_process(argv: list[str], log: Path, *, torchrun: bool = False) -> Run:
+    """A plain ``python -m pai_patch`` process, or ``torchrun --nproc_per_node 2`` (gloo)."""
+    if torchrun:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [PY, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(port), "-m", "pai_patch", *argv]
+    else:
+        cmd = [PY, "-m", "pai_patch", *argv]
+    handle = open(log, "ab")
+    popen = subprocess.Popen(cmd, cwd=REPO, env=env_one_thread(), stdout=handle, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, start_new_session=True)
+    handle.close()
+    return Run(popen.pid, log, popen=popen)
+
+
+# ---- what a run left -------------------------------------------------------------------
+def losses(out: Path) -> dict[int, list[float]]:
+    """Every loss each iteration logged (a killed run's partial last line is skipped)."""
+    seen: dict[int, list[float]] = {}
+    path = out / "metrics.jsonl"
+    if not path.exists():
+        return seen
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        seen.setdefault(int(record["iteration"]), []).append(record["loss"])
+    return seen
+
+
+def metric_lines(out: Path) -> int:
+    path = out / "metrics.jsonl"
+    return path.read_text().count("\n") if path.exists() else 0
+
+
+def tracker(root: Path) -> int | None:
+    path = root / "latest_checkpointed_iteration.txt"
+    return int(path.read_text()) if path.is_file() else None
+
+
+def _metadata_digest(path: Path) -> tuple:
+    """torch.distributed.checkpoint's ``.metadata`` minus its per-save ids (checkpoint path, uuid),
+    as objects (their pickled bytes are not canonical)."""
+    import pickle
+
+    meta = pickle.loads(path.read_bytes())
+    return (meta.state_dict_metadata, meta.storage_data, meta.planner_data)
+
+
+def _canonical(obj):  # noqa: ANN001, ANN202
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        return ("tensor", str(t.dtype), tuple(t.shape), t.numpy().tobytes() if t.dtype != torch.bfloat16 else
+                t.view(torch.int16).numpy().tobytes())
+    if isinstance(obj, dict):
+        return {k: _canonical(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_canonical(v) for v in obj)
+    return obj
+
+
+def file_crcs(directory: Path) -> dict[str, tuple]:
+    """Content digest of a checkpoint directory, equal for two saves of the same state."""
+    out = {}
+    for p in sorted(directory.rglob("*")):
+        if p.is_file() and p.name != "COMPLETE.json":
+            if p.name == ".metadata":  # its size varies with the save path it records
+                out[str(p.relative_to(directory))] = (-1, _metadata_digest(p))
+            elif p.suffix == ".pt":  # torch.save bytes depend on tensor storage layout, compare values
+                import torch
+
+                out[str(p.relative_to(directory))] = (-1, _canonical(torch.load(p, weights_only=False)))
+            else:
+                out[str(p.relative_to(directory))] = (p.stat().st_size, zlib.crc32(p.read_bytes()))
+    return out
+
+
+def audit(root: Path, reference: Path | None) -> list[str]:
+    """Problems with the checkpoints under ``root`` (empty when sound).
+
+    Every ``iter_*`` directory either fails the trainer's own verification (so it can never
+    be loaded) or holds exactly the uninterrupted run's files for that iteration; the
+    tracker always points at a directory that verifies.  Without a reference (another
+    layout than the reference run's) only the verification is checked."""
+    from pai_patch.training.checkpointing import CheckpointError, verify_marker
+
+    problems = []
+    latest = tracker(root)
+    for directory in sorted(root.glob("iter_*")):
+        COUNTS.dirs_audited += 1
+        try:
+            verify_marker(directory)
+        except CheckpointError as err:
+            COUNTS.dirs_rejected += 1
+            if latest is not None and directory.name == f"iter_{latest:07d}":
+                problems.append(f"the tracker points at {directory}, which does not verify: {err}")
+            continue
+        if reference is None:
+            continue
+        ref = reference / directory.name
+        if not ref.is_dir():
+            problems.append(f"{directory}: verifies but the reference run has no {ref.name}")
+        elif file_crcs(directory) != file_crcs(ref):
+            COUNTS.corrupt_loaded += 1
+            problems.append(f"{directory}: verifies but differs from the uninterrupted run's {ref}")
+    if latest is not None and not (root / f"iter_{latest:07d}").is_dir():
+        problems.append(f"the tracker points at iteration {latest}, which is missing")
+    return problems

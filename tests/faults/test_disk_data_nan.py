@@ -1,0 +1,117 @@
+"""Disk full during a save, a corrupt or truncated dataset, a dataset too short for one sample,
+and a diverging run: each stops with one clear line naming the file (or iteration and rank),
+and a save that cannot complete keeps the previous checkpoint as latest."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness import audit, losses, tracker, train_args
+
+pytestmark = pytest.mark.slow
+
+
+def last_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def one_line_error(run, rc: int) -> str:
+    text = run.text()
+    assert rc == 2, f"expected exit status 2, got {rc}:\n{text[-3000:]}"
+    assert "Traceback" not in text, text[-3000:]
+    line = last_line(text)
+    assert line.startswith("error: "), line
+    return line
+
+
+def test_disk_full_during_save_keeps_previous_checkpoint(zygote, references, work, data_prefix):
+    ref = references.get("every-step", 10, "checkpoint.save_interval=1")
+    out = work / "disk-full"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    root = out / "checkpoint"
+    common = train_args(out, data_prefix, 10, "checkpoint.save_interval=2")
+    assert zygote.launch([*common, "train.exit_interval=2"], out / "log1").wait() == 0
+    assert tracker(root) == 2
+    # every file the save writes is capped at 1 MiB (the model shard is ~6 MiB): the disk is "full"
+    run = zygote.launch(common, out / "log2", fsize=1 << 20)
+    line = one_line_error(run, run.wait())
+    assert "iter_0000004 failed (file size limit reached" in line, line
+    assert "iter_0000002 is kept as latest" in line, line
+    assert tracker(root) == 2
+    assert not list(root.glob(".tmp-iter_*")), "the failed save left its temporary directory"
+    assert not (root / "iter_0000004").exists()
+    assert not audit(root, ref / "checkpoint")
+    # with space again, the run resumes from iteration 2 and matches the uninterrupted run
+    assert zygote.launch(common, out / "log3").wait() == 0
+    got = {i: v[-1] for i, v in losses(out).items()}
+    assert got == {i: v[0] for i, v in losses(ref).items()}
+
+
+def _copy_dataset(prefix: str, dest: Path) -> str:
+    dest.mkdir(parents=True, exist_ok=True)
+    for suffix in (".bin", ".idx"):
+        shutil.copy(prefix + suffix, dest / f"ds{suffix}")
+    return str(dest / "ds")
+
+
+@pytest.mark.parametrize("damage,expected", [
+    ("idx-truncated", "ds.idx: 30 bytes, shorter than the 34-byte idxmap header"),
+    ("idx-magic", "ds.idx: wrong magic"),
+    ("idx-cut-arrays", "document indices need"),
+    ("bin-truncated", "ds.bin has 1000 bytes but"),
+])
+def test_corrupt_dataset_names_the_file(zygote, work, data_prefix, damage, expected):
+    out = work / f"data-{damage}"
+    shutil.rmtree(out, ignore_errors=True)
+    prefix = _copy_dataset(data_prefix, out / "data")
+    idx, binf = Path(prefix + ".idx"), Path(prefix + ".bin")
+    raw = idx.read_bytes()
+    if damage == "idx-truncated":
+        idx.write_bytes(raw[:30])
+    elif damage == "idx-magic":
+        idx.write_bytes(b"NOTANIDX\x00" + raw[9:])
+    elif damage == "idx-cut-arrays":
+        idx.write_bytes(raw[: len(raw) // 2])
+    else:
+        binf.write_bytes(binf.read_bytes()[:1000])
+    run = zygote.launch(train_args(out, prefix, 4), out / "log")
+    line = one_line_error(run, run.wait())
+    assert expected in line, line
+    assert "data.train_path" in line
+    assert not (out / "checkpoint").exists()
+
+
+def test_dataset_too_short_for_one_sample(zygote, work):
+    from pai_patch.data.indexed import IndexedWriter
+
+    out = work / "data-short"
+    shutil.rmtree(out, ignore_errors=True)
+    (out / "data").mkdir(parents=True)
+    prefix = str(out / "data" / "short")
+    writer = IndexedWriter(prefix + ".bin", np.uint16)
+    writer.add_document(np.arange(5, 15, dtype=np.uint16), [10])  # 10 tokens; one sample needs 33
+    writer.finalize(prefix + ".idx")
+    run = zygote.launch(train_args(out, prefix, 4), out / "log")
+    line = one_line_error(run, run.wait())
+    assert "short" in line and "tokens" in line, line
+
+
+@pytest.mark.parametrize("budget", [0, 1])
+def test_nan_guard_names_iteration_and_rank(zygote, work, data_prefix, budget):
+    out = work / f"nan-{budget}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    argv = train_args(out, data_prefix, 8, "optim.lr=1e12", "optim.min_lr=1e12", "optim.clip_grad=0",
+                      "optim.lr_decay_style=constant", f"train.nan_skip_budget={budget}")
+    run = zygote.launch(argv, out / "log")
+    line = one_line_error(run, run.wait())
+    assert "non-finite loss at iteration" in line and "on rank(s) 0" in line, line
+    assert f"skip budget {budget} used up" in line
+    if budget:
+        assert "batch skipped (1/1)" in run.text()
