@@ -33,6 +33,10 @@ class DeepseekV2(ModelFamily):
     def size_from_hf(self, hf: Mapping[str, Any], name: str = "custom") -> DeepseekV2Size:
         return size_from_hf_config(hf, name)
 
+    def num_routed_experts(self, size: ModelSize) -> int | None:
+        assert isinstance(size, DeepseekV2Size), f"{size.name} is not a DeepSeek-V2 size row"
+        return size.num_experts
+
     # ---- megatron-core side ---------------------------------------------------------
     def config_kwargs(self, size: ModelSize, rt: Runtime) -> dict[str, Any]:
         assert isinstance(size, DeepseekV2Size), f"{size.name} is not a DeepSeek-V2 size row"
@@ -54,8 +58,15 @@ class DeepseekV2(ModelFamily):
         Without Transformer Engine megatron's ``DotProductAttention`` cannot take K and V
         heads of different widths, so the local spec gets :class:`SDPACoreAttention`; MoE
         layers get :class:`DeepseekV2Router` (DeepSeek-V2's group ranking, see its module).
+
+        The local spec's kv down projection becomes a duplicated ``Linear`` as in the TE spec:
+        as a column-parallel linear its output is all-gathered and the shared rope key
+        ``k_pos_emb``, used by each rank's own heads only, gets no gradient reduction over
+        TP, so TP > 1 trains on wrong gradients.  Duplicated, it works on the sequence
+        shard and megatron reduces ``k_pos_emb`` on its gather from the sequence-parallel region.
         """
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec
+        from megatron.core.post_training.modelopt.layers import Linear
         from megatron.core.transformer.moe.moe_layer import MoELayer
 
         from pai_patch.models.deepseek_v2.router import DeepseekV2Router
@@ -65,6 +76,7 @@ class DeepseekV2(ModelFamily):
         for layer in {id(s): s for s in spec.layer_specs}.values():  # layers share a few spec objects
             if not rt.use_te:
                 with_sdpa_attention(layer)
+                layer.submodules.self_attention.submodules.linear_kv_down_proj = Linear
             if layer.submodules.mlp.module is MoELayer:
                 layer.submodules.mlp.submodules.router = DeepseekV2Router
         return spec
@@ -81,8 +93,10 @@ class DeepseekV2(ModelFamily):
     ) -> "GPTModel":
         from megatron.core.models.gpt import GPTModel
 
+        from megatron.core.post_training.modelopt.layers import Linear
+
         config = config or self.transformer_config(size, rt)
-        return GPTModel(
+        model = GPTModel(
             config=config,
             transformer_layer_spec=self.block_spec(config, rt, vp_stage),
             vocab_size=padded_vocab_size(size.vocab_size),
@@ -95,6 +109,12 @@ class DeepseekV2(ModelFamily):
             position_embedding_type="rope",
             rotary_base=int(size.rope_theta),
         )
+        if config.perform_initialization:  # megatron's Linear keeps torch's default init
+            with torch.no_grad():
+                for module in model.modules():
+                    if isinstance(module, Linear):
+                        config.init_method(module.weight)
+        return model
 
     # ---- HF side --------------------------------------------------------------------
     def hf_config(self, size: ModelSize) -> Any:

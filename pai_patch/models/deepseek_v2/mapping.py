@@ -6,9 +6,10 @@ no reshuffling is needed: ``kv_b_proj`` rows are per head ``[k_nope; v]`` exactl
 megatron's ``linear_kv_up_proj`` reads them, and ``kv_a_proj_with_mqa`` rows are
 ``[kv latent; k_rope]`` as ``linear_kv_down_proj`` splits them.
 
-The local spec builds the q/kv down projections as column-parallel linears (split
-over TP, gathered after); the TE spec makes them duplicated ``TELinear``s, which only
-changes the per-rank legacy files, not the global tensors of a torch_dist checkpoint.
+The kv down projection is duplicated on every TP rank in both specs (see
+``DeepseekV2.block_spec``).  The q down projection is column-parallel in the local
+spec and a duplicated ``TELinear`` in the TE spec, which changes only the per-rank
+legacy files, not the global tensors of a torch_dist checkpoint.
 """
 
 from __future__ import annotations
@@ -66,8 +67,7 @@ def deepseek_v2_mapping() -> WeightMapping:
                        te=A + "linear_q_up_proj.layer_norm_weight", when=_q_lora),
             TensorRule(A + "linear_q_up_proj.weight", (H + "self_attn.q_b_proj.weight",), split=Split.COLUMN,
                        when=_q_lora),
-            TensorRule(A + "linear_kv_down_proj.weight", (H + "self_attn.kv_a_proj_with_mqa.weight",),
-                       split=Split.COLUMN),
+            TensorRule(A + "linear_kv_down_proj.weight", (H + "self_attn.kv_a_proj_with_mqa.weight",)),
             TensorRule(A + "kv_layernorm.weight", (H + "self_attn.kv_a_layernorm.weight",),
                        te=A + "linear_kv_up_proj.layer_norm_weight"),
             TensorRule(A + "linear_kv_up_proj.weight", (H + "self_attn.kv_b_proj.weight",), split=Split.COLUMN),
@@ -92,4 +92,6 @@ def deepseek_v2_mapping() -> WeightMapping:
                        split=Split.VOCAB, when=_untied),
         ),
         num_experts=lambda size: size.num_experts,
+        # the config always gives moe_layer_freq as a list, which makes megatron-core key every layer
+        stacked_layers=lambda size: False,
     )
