@@ -259,7 +259,11 @@ def _clean_stale(root: Path) -> None:
 
 def _one_line(err: BaseException) -> str:
     """megatron-core/torch report write failures as multi-line tracebacks: keep the last line."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    try:
+        text = str(err)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not hide the failure
+        text = repr(err)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else type(err).__name__
 
 

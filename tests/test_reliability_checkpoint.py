@@ -1,0 +1,181 @@
+"""Checkpoint crash-safety at file level (no training): marker/CRC verification names the file,
+retention never deletes what the tracker points to, a failed save keeps the previous
+checkpoint and leaves no temporary directory, a kill between rename and tracker update is
+harmless, and stale temporary directories never count as checkpoints."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from pai_patch.training import checkpointing as ck
+
+
+@pytest.fixture
+def fake_save(monkeypatch):
+    """dist_checkpointing.save replaced by a writer of two small files (contents from ``payload``)."""
+    from megatron.core import dist_checkpointing
+
+    calls = {"fail": None, "payload": b"x" * 1000}
+
+    def save(state, directory):  # noqa: ANN001
+        if calls["fail"] is not None:
+            Path(directory, "__0_0.distcp").write_bytes(b"partial")
+            raise calls["fail"]
+        Path(directory, "__0_0.distcp").write_bytes(calls["payload"] + str(state["iteration"]).encode())
+        Path(directory, "common.pt").write_bytes(b"common")
+
+    monkeypatch.setattr(dist_checkpointing, "save", save)
+    monkeypatch.setattr(ck, "_state", lambda *a, extra, **k: dict(extra))
+    return calls
+
+
+def _save(root: Path, iteration: int, keep_last: int | None = None) -> Path:
+    return ck.save_checkpoint(root, iteration, [], None, None, consumed_samples=iteration * 4, world_size=1,
+                              keep_last=keep_last)
+
+
+def test_save_writes_verified_checkpoint_and_tracker(tmp_path, fake_save):
+    final = _save(tmp_path, 2)
+    assert final == tmp_path / "iter_0000002"
+    ck.verify_marker(final)
+    assert ck.read_tracker(tmp_path) == 2
+    assert not list(tmp_path.glob(".tmp-*"))
+    marker = (final / ck.MARKER).read_text()
+    assert '"crc32"' in marker and "__0_0.distcp" in marker
+
+
+@pytest.mark.parametrize("damage,expected", [
+    ("delete", "__0_0.distcp: missing from checkpoint"),
+    ("truncate", "__0_0.distcp: 10 bytes, expected 1001; the file is corrupt"),
+    ("flip", "__0_0.distcp: CRC-32 "),
+    ("marker", "no COMPLETE.json; the checkpoint was not completely written"),
+    ("garbled-marker", "COMPLETE.json: unreadable completeness marker"),
+    ("rmdir", "no such checkpoint directory"),
+])
+def test_verify_names_the_missing_or_corrupt_file(tmp_path, fake_save, damage, expected):
+    final = _save(tmp_path, 2)
+    shard = final / "__0_0.distcp"
+    if damage == "delete":
+        shard.unlink()
+    elif damage == "truncate":
+        shard.write_bytes(b"0123456789")
+    elif damage == "flip":
+        raw = bytearray(shard.read_bytes())
+        raw[5] ^= 0xFF
+        shard.write_bytes(bytes(raw))
+    elif damage == "marker":
+        (final / ck.MARKER).unlink()
+    elif damage == "garbled-marker":
+        (final / ck.MARKER).write_text("{not json")
+    else:
+        import shutil
+
+        shutil.rmtree(final)
+    with pytest.raises(ck.CheckpointError, match=expected.replace("(", r"\(")) as err:
+        ck.verify_marker(final)
+    assert "\n" not in str(err.value)
+
+
+def test_load_error_names_tracker_and_older_checkpoints(tmp_path, fake_save):
+    _save(tmp_path, 2)
+    _save(tmp_path, 4)
+    (tmp_path / "iter_0000004" / "common.pt").write_bytes(b"COMMON")  # same size, other bytes
+    with pytest.raises(ck.CheckpointError) as err:
+        ck.load_checkpoint(tmp_path, [], None, None, world_size=1)
+    text = str(err.value)
+    assert "common.pt: CRC-32" in text and "= 4)" in text and "other checkpoints here: iter_0000002" in text
+
+
+@pytest.mark.parametrize("error,hint", [
+    (OSError(errno.ENOSPC, "No space left on device"), " (disk full or over quota)"),
+    (OSError(errno.EFBIG, "File too large"), " (file size limit reached"),
+    (RuntimeError("Worker failure: unexpected pos 704 vs 598"), ""),
+])
+def test_failed_save_keeps_previous_and_cleans_up(tmp_path, fake_save, error, hint):
+    _save(tmp_path, 2)
+    fake_save["fail"] = error
+    with pytest.raises(ck.CheckpointError) as err:
+        _save(tmp_path, 4)
+    text = str(err.value)
+    assert text.startswith(f"saving {tmp_path / 'iter_0000004'} failed{hint}")
+    assert text.endswith(f"{tmp_path / 'iter_0000002'} is kept as latest")
+    assert ck.read_tracker(tmp_path) == 2
+    assert not (tmp_path / "iter_0000004").exists()
+    assert not list(tmp_path.glob(".tmp-*"))
+    ck.verify_marker(tmp_path / "iter_0000002")
+
+
+def test_base_exception_from_torch_is_reported(tmp_path, fake_save):
+    """torch.distributed.checkpoint raises CheckpointException, a BaseException."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    fake_save["fail"] = CheckpointException("write", {0: (RuntimeError("Worker failure: boom"), None)})
+    with pytest.raises(ck.CheckpointError, match="saving .*iter_0000002 failed"):
+        _save(tmp_path, 2)
+    assert ck.read_tracker(tmp_path) is None
+
+
+def test_kill_between_rename_and_tracker_update(tmp_path, fake_save, monkeypatch):
+    """iter_4 renamed into place but the tracker still says 2: resuming uses 2; saving 4 again
+    replaces the stale directory; retention never removes the tracker's checkpoint."""
+    _save(tmp_path, 2)
+
+    def killed(*args, **kwargs):  # noqa: ANN002, ANN003
+        raise OSError(errno.EIO, "simulated crash before the tracker update")
+
+    monkeypatch.setattr(ck, "write_text_atomic", killed)
+    with pytest.raises(ck.CheckpointError):
+        _save(tmp_path, 4)
+    monkeypatch.undo()
+    assert ck.read_tracker(tmp_path) == 2
+    assert (tmp_path / "iter_0000004" / ck.MARKER).is_file()  # complete, but not latest
+    from megatron.core import dist_checkpointing
+
+    fake_save["payload"] = b"y" * 1000
+    monkeypatch.setattr(dist_checkpointing, "save", lambda state, d: Path(d, "__0_0.distcp").write_bytes(b"new"))
+    monkeypatch.setattr(ck, "_state", lambda *a, extra, **k: dict(extra))
+    _save(tmp_path, 4, keep_last=1)
+    assert ck.read_tracker(tmp_path) == 4
+    assert (tmp_path / "iter_0000004" / "__0_0.distcp").read_bytes() == b"new"
+    assert not (tmp_path / "iter_0000002").exists()
+    assert not list(tmp_path.glob(".trash-*"))
+
+
+def test_retention_keeps_tracker_checkpoint_when_newer_stale_dirs_exist(tmp_path, fake_save):
+    for i in (2, 4, 6, 8):
+        _save(tmp_path, i)
+    (tmp_path / ck.TRACKER).write_text("6\n")  # iter_8 is a leftover newer than latest
+    ck._apply_retention(tmp_path, 1)
+    assert sorted(p.name for p in tmp_path.glob("iter_*")) == ["iter_0000006", "iter_0000008"]
+    ck._apply_retention(tmp_path, 1)
+    assert (tmp_path / "iter_0000006").is_dir()
+
+
+def test_resave_of_the_loaded_iteration_is_skipped(tmp_path, fake_save):
+    final = _save(tmp_path, 4)
+    before = {p.name: p.stat().st_mtime_ns for p in final.iterdir()}
+    fake_save["fail"] = OSError(errno.EIO, "must not be called")
+    assert _save(tmp_path, 4) == final
+    assert {p.name: p.stat().st_mtime_ns for p in final.iterdir()} == before
+
+
+def test_stale_temporary_dirs_are_removed_and_never_latest(tmp_path, fake_save):
+    (tmp_path / ".tmp-iter_0000006-deadbeef").mkdir(parents=True)
+    (tmp_path / ".tmp-iter_0000006-deadbeef" / "__0_0.distcp").write_bytes(b"half")
+    (tmp_path / ".trash-iter_0000002-cafe").mkdir()
+    assert ck.complete_iterations(tmp_path) == []
+    _save(tmp_path, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_0000002", ck.TRACKER]
+
+
+def test_checkpoint_error_is_a_one_line_cli_error(tmp_path):
+    from pai_patch.cli import CliError
+
+    (tmp_path / ck.TRACKER).write_text("seven\n")
+    with pytest.raises(CliError, match="expected an iteration number or 'release', found 'seven'"):
+        ck.read_tracker(tmp_path)
+    assert os.path.basename(ck.TRACKER) == "latest_checkpointed_iteration.txt"
