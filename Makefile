@@ -20,8 +20,8 @@ help: ## list targets and recipes
 	@echo "stages: $(STAGES)"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | sort | awk -F'\t' '{printf "  %-14s %s\n", $$1, $$2}'
 	@echo
-	@echo "recipes (size: default first):"
-	@for d in recipes/*/; do r=$$(basename $$d); printf "  %-12s %s\n" $$r "$$(sed -n 's/^ *sizes: *//p' $$d/recipe.yaml)"; done
+	@echo "recipes and sizes (tiny is the CPU default):"
+	@for d in recipes/*/; do printf "  %-12s tiny %s\n" "$$(basename $$d)" "$$(awk '/^sizes:/{f=1;next} /^[^ ]/{f=0} f&&/^  [A-Za-z0-9.]+:/{sub(/:.*/,"");sub(/^ +/,"");printf "%s ",$$0}' $$d/recipe.yaml)"; done
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)

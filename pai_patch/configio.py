@@ -119,6 +119,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key:
         raise ConfigError(f"override {text!r} has an empty key")
     value = yaml.safe_load(raw) if raw != "" else ""
+    if isinstance(value, str):  # YAML 1.1 reads "1e-5" (no dot) as a string; users mean a number
+        try:
+            value = float(value) if any(c in value for c in ".eE") else value
+        except ValueError:
+            pass
     return key.split("."), value
 
 

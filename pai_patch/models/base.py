@@ -237,7 +237,7 @@ def recompute_kwargs(rt: Runtime) -> dict[str, Any]:
         return dict(recompute_granularity="selective", recompute_modules=["core_attn"])
     if rt.recompute == "full":
         return dict(recompute_granularity="full", recompute_method="block", recompute_num_layers=rt.recompute_layers)
-    if rt.recompute == "offload":
+    if rt.recompute == "offload" and rt.use_te:  # without TE: pai_patch.training.offload
         return dict(cpu_offloading=True, cpu_offloading_num_layers=rt.recompute_layers,
                     cpu_offloading_activations=True, cpu_offloading_weights=False)
     return {}

@@ -183,6 +183,10 @@ class Trainer:
         self.dp_rank = ps.get_data_parallel_rank()
         self.rank = dist.get_rank()
         self.model = _build_chunks(cfg, self.rt)
+        if self.rt.recompute == "offload" and not self.rt.use_te:
+            from pai_patch.training.offload import install_activation_offload
+
+            install_activation_offload(self.model, t.recompute_layers)
         self.optimizer, self.scheduler = _optimizer(cfg, self.model, self.rt)
         self._hook_config()
         self.output = Path(cfg.output_dir)

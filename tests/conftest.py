@@ -1,0 +1,49 @@
+"""Shared fixtures: the shipped corpus as an idxmap, and running the CLI in a subprocess.
+
+Training runs go through ``python -m pai_patch`` in a child process, as users run them:
+torch.distributed and megatron-core keep global state that must not leak between tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT / "pai_patch" / "assets" / "corpus"
+
+
+@pytest.fixture(scope="session")
+def corpus_prefix(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """``<prefix>_text_document`` of the shipped pretraining corpus (built once per session)."""
+    from pai_patch.data.pretrain import preprocess_pretrain
+    from pai_patch.data.tokenizer import load_tokenizer
+
+    prefix = tmp_path_factory.mktemp("corpus") / "pretrain"
+    preprocess_pretrain(str(CORPUS / "pretrain.jsonl"), load_tokenizer("shipped"), prefix, progress=False)
+    return f"{prefix}_text_document"
+
+
+def run_cli(*args: str, nproc: int = 1, env: dict[str, str] | None = None, check: bool = True,
+            timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run ``python -m pai_patch ARGS`` (under torchrun when nproc > 1) and return the result."""
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+               "--master_port", str(29600 + os.getpid() % 300), "-m", "pai_patch", *args]
+    else:
+        cmd = [sys.executable, "-m", "pai_patch", *args]
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd=ROOT, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    return result
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return {r["iteration"]: r["loss"] for r in map(json.loads, path.read_text().splitlines()) if "loss" in r}

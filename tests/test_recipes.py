@@ -1,0 +1,88 @@
+"""Recipes: every size row resolves into a valid layout; overrides, errors, launch commands."""
+
+from __future__ import annotations
+
+import pytest
+
+from pai_patch.configio import ConfigError
+from pai_patch.models import get_family
+from pai_patch.models.base import Runtime
+from pai_patch.parallel import LayoutError, validate_layout
+from pai_patch.recipes.launch import nodes_and_procs, train_command
+from pai_patch.recipes.resolve import available, load_recipe, paths, train_config
+
+ROWS = [(r, s) for r in available() for s in get_family(load_recipe(r).model.family).sizes]
+
+
+def test_three_recipes() -> None:
+    assert available() == ["deepseek_v2", "llama2", "qwen2_5"]
+
+
+@pytest.mark.parametrize("name,size", ROWS)
+def test_every_size_resolves_to_a_valid_layout(name: str, size: str) -> None:
+    recipe = load_recipe(name, [f"size={size}", "launch.nproc_per_node=1"])
+    family = get_family(recipe.model.family)
+    row = family.size(size)
+    p = recipe.parallel
+    dp = max(p.ep // __import__("math").gcd(p.ep, p.cp), 1)
+    world = p.tp * p.pp * p.cp * dp
+    for stage in ("pretrain", "sft"):
+        cfg = train_config(recipe, stage)
+        validate_layout(row, cfg.runtime(), world, global_batch=cfg.train.global_batch_size,
+                        micro_batch=cfg.train.micro_batch_size, num_experts=family.num_routed_experts(row),
+                        seq_length=cfg.seq_length)
+        assert cfg.train.iterations >= 1
+    if size != "tiny":
+        assert recipe.pretrain.train["precision"] == "bf16"  # real sizes train in bf16 on GPUs
+
+
+def test_overrides_and_aliases() -> None:
+    recipe = load_recipe("qwen2_5", ["size=7B", "tp=4", "pretrain.optim.lr=2e-5", "output=/tmp/x"])
+    assert recipe.model.size == "7B" and recipe.parallel.tp == 4
+    assert recipe.pretrain.optim["lr"] == 2e-5 and str(paths(recipe).root) == "/tmp/x"
+    assert recipe.parallel.sequence_parallel  # from the 7B size row
+
+
+def test_errors_name_what_is_valid() -> None:
+    with pytest.raises(ConfigError, match="unknown recipe 'qwen3'; valid recipes: deepseek_v2, llama2, qwen2_5"):
+        load_recipe("qwen3")
+    with pytest.raises(KeyError, match="valid sizes: tiny, 7B, 13B, 70B"):
+        load_recipe("llama2", ["size=8B"])
+    with pytest.raises(ConfigError, match=r"recipe.yaml: unknown key paralel"):
+        load_recipe("llama2", ["paralel.tp=2"])
+
+
+def test_layout_rules_are_named() -> None:
+    ds = get_family("deepseek_v2")
+    row = ds.size("A2.4B")
+    with pytest.raises(LayoutError, match="EP=3 must divide the routed experts"):
+        validate_layout(row, Runtime(ep=3), 3, num_experts=ds.num_routed_experts(row))
+    qwen = get_family("qwen2_5").size("7B")
+    with pytest.raises(LayoutError, match="TP=3 must divide the attention heads"):
+        validate_layout(qwen, Runtime(tp=3), 3)
+    with pytest.raises(LayoutError, match="world size 6 must equal TP\\*PP\\*CP\\*DP"):
+        validate_layout(qwen, Runtime(tp=4), 6)
+    with pytest.raises(LayoutError, match="sequence parallel \\(SP=true\\) requires TP > 1"):
+        validate_layout(qwen, Runtime(sequence_parallel=True), 1)
+    with pytest.raises(LayoutError, match="CP=2 requires the sequence length"):
+        validate_layout(qwen, Runtime(cp=2), 2, seq_length=4094)
+    with pytest.raises(LayoutError, match="global batch 6 must divide"):
+        validate_layout(qwen, Runtime(), 4, global_batch=6, micro_batch=1)
+
+
+def test_dsw_on_cpu_uses_the_fewest_processes_the_layout_needs() -> None:
+    recipe = load_recipe("deepseek_v2", ["tp=2", "ep=4"])
+    assert nodes_and_procs(recipe, {}) == (1, 8)  # TP=2 x DP=4 (EP=4 must divide DP)
+    cmd = train_command(recipe, "job.yaml", {})
+    assert cmd[1:6] == ["-m", "torch.distributed.run", "--nproc_per_node", "8", "--master_port"]
+
+
+def test_dlc_launch_reads_the_platform_environment() -> None:
+    recipe = load_recipe("qwen2_5", ["env=dlc"])
+    env = {"WORLD_SIZE": "4", "RANK": "2", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "23456",
+           "KUBERNETES_CONTAINER_RESOURCE_GPU": "8"}
+    cmd = train_command(recipe, "job.yaml", env)
+    joined = " ".join(cmd)
+    assert "--nproc_per_node 8 --nnodes 4 --node_rank 2 --master_addr 10.0.0.1 --master_port 23456" in joined
+    with pytest.raises(ConfigError, match="WORLD_SIZE, RANK, MASTER_ADDR not set"):
+        train_command(recipe, "job.yaml", {})

@@ -1,0 +1,104 @@
+"""The seeds' positional launchers: same arguments, same resolved job as the `make` form."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pai_patch.configio import ConfigError
+from pai_patch.recipes.seed_args import translate
+from tests.conftest import ROOT
+
+CORPUS = ROOT / "pai_patch" / "assets" / "corpus"
+
+
+def qwen_pretrain(size: str, data: str, out: str, ckpt: str = "none") -> list[str]:
+    """Seed 001's continued-pretraining example, with a small size and local paths."""
+    return ["dsw", size, "1", "8", "1e-5", "1e-6", "128", "128", "bf16", "1", "1", "1", "true", "true", "true",
+            "false", "false", "false", "100000", data, data, ckpt, "10000", "100", out]
+
+
+def deepseek_sft_raw(out: str) -> list[str]:
+    """Seed 000's raw-JSON SFT example (MP_DATASET_TYPE=raw)."""
+    data = str(CORPUS / "sft_train.json")
+    return ["dsw", "tiny", "1", "8", "1e-5", "1e-6", "128", "128", "bf16", "1", "1", "1", "1", "true", "true", "true",
+            "true", "false", "false", "100000", data, data, "none", "10000", "100", out]
+
+
+def _dry_run_job(cmd: list[str], env: dict[str, str] | None = None) -> dict:
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True,
+                            env={**os.environ, "DRY_RUN": "1", **(env or {})})
+    text = result.stdout
+    return json.loads(text[text.index("\n{") + 1:text.index("\n}") + 2])
+
+
+def test_seed_script_and_make_resolve_the_same_job(tmp_path: Path) -> None:
+    data, out = str(tmp_path / "wudao_text_document"), str(tmp_path / "out")
+    seed = _dry_run_job(["sh", "recipes/qwen2_5/run_mcore_qwen.sh", *qwen_pretrain("tiny", data, out)])
+    make = _dry_run_job(["make", "-s", "recipe=qwen2_5", "size=tiny", "output=" + out,
+                         "pretrain.train.micro_batch_size=1", "pretrain.train.global_batch_size=8",
+                         "pretrain.optim.lr=1e-5", "pretrain.optim.min_lr=1e-6", "pretrain.train.seq_length=128",
+                         "pretrain.data.pad_length=128", "pretrain.train.precision=bf16", "tp=1", "pp=1", "cp=1",
+                         "do=true", "pretrain.train.flash_attn=true", "pretrain.train.recompute=false",
+                         "pretrain.optim.offload=false", "pretrain.checkpoint.save_interval=100000",
+                         f"pretrain.data.train_path={data}", f"pretrain.data.valid_path={data}",
+                         "pretrain.train.train_tokens=10000", "pretrain.train.train_iters=null",
+                         "pretrain.train.warmup_tokens=100", "pretrain.train.warmup_iters=null", "pretrain"])
+    assert seed == make
+    assert seed["train"]["iterations"] if "iterations" in seed["train"] else True
+    assert seed["train"]["train_tokens"] == 10000 and seed["parallel"]["sequence_parallel"] is False
+
+
+def test_environment_switches() -> None:
+    env = {"MP_DATASET_TYPE": "raw", "MP_AC_LAYERS": "2", "MP_SFT_PACKING": "true"}
+    stage, overrides, _ = translate("run_mcore_deepseek", deepseek_sft_raw("/tmp/o"), env)
+    assert stage == "sft"
+    assert {"sft.data.type=raw", "sft.train.recompute_layers=2", "sft.data.pack=true",
+            "sft.train.train_iters=10000", "parallel.ep=1"} <= set(overrides)
+
+
+def test_wrong_count_and_values_are_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"run_mcore_qwen.sh takes 25 arguments, got 3; usage: .*ENV MODEL_SIZE"):
+        translate("run_mcore_qwen", ["dsw", "0.5B", "1"], {})
+    args = qwen_pretrain("tiny", "d", "o")
+    args[8] = "fp64"
+    with pytest.raises(ConfigError, match=r"argument 9 \(PR\) = 'fp64'; allowed: fp16, bf16, fp8"):
+        translate("run_mcore_qwen", args, {})
+    args = qwen_pretrain("tiny", "d", "o")
+    args[16] = "selective"
+    with pytest.raises(ConfigError, match=r"argument 17 \(AC\) = 'selective'; allowed: sel, full, offload, false"):
+        translate("run_mcore_qwen", args, {})
+
+
+def test_bad_size_through_the_script_is_one_line(tmp_path: Path) -> None:
+    result = subprocess.run(["sh", "recipes/qwen2_5/run_mcore_qwen.sh", *qwen_pretrain("9B", "d", str(tmp_path))],
+                            capture_output=True, text=True, cwd=ROOT, env={**os.environ, "DRY_RUN": "1"})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: unknown size '9B' for qwen2_5; valid sizes:")
+
+
+@pytest.mark.slow
+def test_seed_pretrain_example_runs(corpus_prefix: str, tmp_path: Path) -> None:
+    """Seed 001's pretraining command, as written (tiny size, shipped corpus): 10 iterations in bf16."""
+    out = tmp_path / "out"
+    subprocess.run(["sh", "recipes/qwen2_5/run_mcore_qwen.sh", *qwen_pretrain("tiny", corpus_prefix, str(out))],
+                   cwd=ROOT, check=True, capture_output=True, text=True)
+    rows = [json.loads(x) for x in (out / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == list(range(1, 11))  # ceil(10000 tokens / (8 x 128))
+    assert (out / "pretrain" / "checkpoint" / "iter_0000010" / "COMPLETE.json").is_file()
+
+
+@pytest.mark.slow
+def test_seed_raw_json_sft_example_runs(tmp_path: Path) -> None:
+    """Seed 000's MP_DATASET_TYPE=raw SFT command on the tiny DeepSeek-V2, a few iterations."""
+    out = tmp_path / "out"
+    args = deepseek_sft_raw(str(out))
+    args[23] = "3"  # TRAIN_TOKENS_OR_ITERS: 3 iterations instead of 10000
+    subprocess.run(["sh", "recipes/deepseek_v2/run_mcore_deepseek.sh", *args], cwd=ROOT, check=True,
+                   capture_output=True, text=True, env={**os.environ, "MP_DATASET_TYPE": "raw"})
+    rows = [json.loads(x) for x in (out / "sft" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(r["loss"] == r["loss"] for r in rows)

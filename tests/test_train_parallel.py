@@ -1,0 +1,64 @@
+"""Layouts change how the work is split, not what is computed.
+
+Every run starts from the same converted checkpoint (a seeded HF model through
+``convert hf2mcore``, torch_dist, which loads at any layout) and trains 10 steps on the
+same data; TP=2, PP=2, DP=2 under torchrun and the distributed optimizer must match the
+single-process run, and activation checkpointing (sel/full/offload) must not change the loss.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import losses, run_cli
+
+pytestmark = pytest.mark.slow
+STEPS = 10
+
+
+@pytest.fixture(scope="module")
+def start(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from pai_patch.recipes.hf_init import write_random_hf
+
+    root = tmp_path_factory.mktemp("start")
+    write_random_hf("qwen2_5", "tiny", root / "hf", "shipped", seed=3)
+    run_cli("convert", "hf2mcore", "--model", "qwen2_5", "--size", "tiny", "--hf", str(root / "hf"),
+            "--mcore", str(root / "mcore"), "--format", "torch_dist")
+    return root / "mcore"
+
+
+@pytest.fixture(scope="module")
+def reference(start: Path, corpus_prefix: str, tmp_path_factory: pytest.TempPathFactory) -> dict[int, float]:
+    out = tmp_path_factory.mktemp("ref")
+    _train(start, corpus_prefix, out)
+    return losses(out)
+
+
+def _train(start: Path, corpus: str, out: Path, *extra: str, nproc: int = 1) -> None:
+    run_cli("train", "model.family=qwen2_5", "model.size=tiny", f"data.train_path={corpus}", f"output_dir={out}",
+            f"checkpoint.load={start}", "train.seq_length=64", f"train.train_iters={STEPS}", "optim.lr=1e-3",
+            *extra, nproc=nproc)
+
+
+def _max_diff(a: dict[int, float], b: dict[int, float]) -> float:
+    assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))
+    return max(abs(a[i] - b[i]) for i in a)
+
+
+@pytest.mark.dist
+@pytest.mark.parametrize("layout", [["parallel.tp=2"], ["parallel.pp=2"], [], ["parallel.distributed_optimizer=true"],
+                                    ["parallel.tp=2", "parallel.sequence_parallel=true"]],
+                         ids=["tp2", "pp2", "dp2", "dp2-distopt", "tp2-sp"])
+def test_two_process_layouts_match_single_process(layout: list[str], start: Path, corpus_prefix: str,
+                                                  reference: dict[int, float], tmp_path: Path) -> None:
+    _train(start, corpus_prefix, tmp_path, *layout, nproc=2)
+    assert _max_diff(reference, losses(tmp_path)) < 1e-5
+
+
+@pytest.mark.parametrize("mode", ["sel", "full", "offload"])
+def test_activation_checkpointing_keeps_the_loss(mode: str, start: Path, corpus_prefix: str,
+                                                 reference: dict[int, float], tmp_path: Path) -> None:
+    _train(start, corpus_prefix, tmp_path, f"train.recompute={mode}", "train.recompute_layers=1")
+    assert _max_diff(reference, losses(tmp_path)) < 1e-6
