@@ -47,6 +47,12 @@ def test_training_lock_hashes_dataset_and_tokenizer(tmp_path):
     assert run["packages"] == L.installed_versions()
 
 
+def test_dataset_named_by_its_bin_file_is_the_same_dataset(tmp_path):
+    prefix = _dataset(tmp_path)
+    by_prefix = L.training_run_files(_train_cfg(prefix, tmp_path / "a"))
+    assert L.training_run_files(_train_cfg(Path(f"{prefix}.bin"), tmp_path / "b")) == by_prefix
+
+
 def test_changed_dataset_byte_is_a_difference(tmp_path):
     prefix = _dataset(tmp_path)
     cfg = _train_cfg(prefix, tmp_path / "run")

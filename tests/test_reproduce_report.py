@@ -70,9 +70,13 @@ def _published_rows():
 
 @pytest.mark.parametrize("recipe,key,entry", list(_published_rows()))
 def test_published_figures_are_well_formed(recipe, key, entry):
-    """Each figure names its source and belongs to a task this size evaluates, as a 0-1 accuracy."""
+    """Each figure names its source and belongs to a task this size evaluates, as a 0-1 accuracy.
+
+    The figures are for base models, scored without a chat template: so must the recipe's eval be.
+    """
     task, metric = key.split("/")
     assert task in recipe.eval.tasks and metric in ("acc", "acc_norm")
+    assert recipe.eval.apply_chat_template is False
     assert 0.0 < entry["value"] <= 1.0 and entry["source"]
 
 

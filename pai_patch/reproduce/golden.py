@@ -92,7 +92,8 @@ def measure(family: str, workdir: Path, *, perturb: float = 0.0) -> dict[str, An
         raise RuntimeError(f"golden run of {family} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return {"family": family, "size": "tiny", "iterations": ITERATIONS,
-            "command": "python -m pai_patch train " + " ".join(train_overrides(family, Path("<prefix>"), Path("<dir>"))),
+            "command": " ".join(["python -m pai_patch train",
+                                 *train_overrides(family, Path("<prefix>"), Path("<dir>"))]),
             "dataset_sha256": {ext: sha256_file(Path(f"{dataset}.{ext}")) for ext in ("bin", "idx")},
             **platform(), "losses": [r["loss"] for r in records if "loss" in r]}
 

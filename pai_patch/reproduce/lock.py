@@ -141,15 +141,15 @@ def training_run_files(cfg: Any) -> dict[str, Path]:
             continue
         if d.type == "raw":
             files[f"data.{kind}"] = Path(path)
-        else:
-            files.update(dataset_files(kind, path))
+        else:  # `train_path=x_text_document.bin` names the same dataset as the bare prefix
+            files.update(dataset_files(kind, path.removesuffix(".bin").removesuffix(".idx")))
     return files
 
 
 def read_run_lock(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / LOCK_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no lock in this run directory (runs since the recipe lock write one)")
+        raise FileNotFoundError(f"{path}: not found (each training run writes one at start)")
     return json.loads(path.read_text())
 
 

@@ -39,7 +39,8 @@ def check(args: argparse.Namespace) -> int:
     name, size = _recipe_and_size(args, run)
     recipe = load_recipe(name, [f"model.size={size}"] if size else [])
     if not recipe.lock:
-        raise CliError(f"recipe {name} has no lock section; create it with `python -m pai_patch lock update recipe={name}`")
+        raise CliError(f"recipe {name} has no lock section; "
+                       f"create it with `python -m pai_patch lock update recipe={name}`")
     diffs, notes = L.diff_run(recipe.lock, run, None if args.no_env else L.installed_versions())
     for note in notes:
         print(f"note: {note}")

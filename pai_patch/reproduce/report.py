@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from pai_patch.recipes.resolve import load_recipe
 
-    parser = argparse.ArgumentParser(prog="python -m pai_patch.reproduce.report", description=main.__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pai_patch.reproduce.report",
+                                     description=main.__doc__.split("\n")[0])
     parser.add_argument("results", type=Path, help="the JSON `pai_patch eval --output` wrote (its `scores`)")
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("overrides", nargs="+", help="recipe=NAME [size=SIZE] [eval.tolerance=...]")
