@@ -166,7 +166,7 @@ def test_cli_check_passes_then_names_each_difference(tmp_path, capsys):
     assert _check(run_dir, "--no-env") == 1
     out = capsys.readouterr().out
     assert "DIFF package megatron-core: recipe pins 0.16.1 (venv), run had 0.15.0" in out
-    assert "DIFF file data.pretrain_input" in out and "differs in 2 place(s)" in out
+    assert "DIFF file data.pretrain_input" in out and "2 difference(s) from the lock of recipe qwen2_5" in out
 
 
 def test_cli_check_needs_a_recipe_for_direct_runs(tmp_path):

@@ -46,7 +46,7 @@ def check(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     for diff in diffs:
         print(f"DIFF {diff}")
-    verdict = "matches" if not diffs else f"differs in {len(diffs)} place(s)"
+    verdict = "matches" if not diffs else f"{len(diffs)} difference(s) from"
     print(f"{args.run_dir}: {verdict} the lock of recipe {recipe.recipe} ({recipe.model.size})")
     return 1 if diffs else 0
 
