@@ -87,14 +87,29 @@ class Run:
         return self.wait(60)
 
     def kill_group(self) -> None:
-        """SIGKILL everything left of this run's session (orphaned writers, torchrun workers)."""
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        """SIGKILL everything left of this run: its session (orphaned checkpoint writers) and,
+        for torchrun, each worker's own session (torchrun starts workers in new sessions)."""
+        for pid in [self.pid, *children_of(self.pid)]:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     def text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def children_of(parent: int) -> list[int]:
+    """Processes whose parent is ``parent`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == parent:
+            found.append(int(stat.parent.name))
+    return found
 
 
 class Zygote:

@@ -120,13 +120,56 @@ def test_kill9_single_process(zygote, references, work, data_prefix, name, iters
     assert made == kills
 
 
-def test_kill9_plain_process_during_save(references, work, data_prefix):
-    """The same through a plain ``python -m pai_patch train`` process (no fork server)."""
+def test_kill9_plain_process_during_save(zygote, references, work, data_prefix):
+    """The same through a plain ``python -m pai_patch train`` process (no fork server); the
+    resume runs from the fork server."""
     ref = references.get("every-step", 10, "checkpoint.save_interval=1")
     out = work / "kill-plain"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
     argv = train_args(out, data_prefix, 10, "checkpoint.save_interval=1", "checkpoint.keep_last=2")
-    made = kill_chain(lambda a, log: launch_process(a, log), ref, out, argv, kills=1, rng=random.Random(SEED),
+    launches = []
+
+    def launch(args: list[str], log: Path) -> Run:
+        launches.append(args)
+        return launch_process(args, log) if len(launches) == 1 else zygote.launch(args, log)
+
+    made = kill_chain(launch, ref, out, argv, kills=1, rng=random.Random(SEED),
                       modes=("save",), iters=10)
     assert made == 1
+
+
+def test_sigterm_saves_at_step_boundary_then_resumes_exactly(zygote, references, work, data_prefix):
+    """Preemption: SIGTERM saves at the next step boundary and exits 0; the rerun resumes exactly.
+    A second signal while the first is being handled exits at once (no save)."""
+    import signal
+
+    ref = references.get("every-step", 10, "checkpoint.save_interval=1")
+    out = work / "sigterm"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    root = out / "checkpoint"
+    argv = train_args(out, data_prefix, 10, "checkpoint.save_interval=4")
+    run = zygote.launch(argv, out / "log1")
+    while metric_lines(out) < 1 and run.poll() is None:
+        time.sleep(0.005)
+    import os
+
+    os.kill(run.pid, signal.SIGTERM)
+    assert run.wait(120) == 0, run.text()[-3000:]
+    stopped = tracker(root)
+    assert stopped is not None and 1 <= stopped < 10
+    assert f"iteration {stopped} (signal {int(signal.SIGTERM)})" in run.text()
+    run = zygote.launch(argv, out / "log2")
+    while metric_lines(out) < stopped + 1 and run.poll() is None:
+        time.sleep(0.005)
+    os.kill(run.pid, signal.SIGTERM)
+    os.kill(run.pid, signal.SIGTERM)
+    rc = run.wait(120)
+    assert rc in (0, 128 + signal.SIGTERM), run.text()[-3000:]
+    if rc:
+        assert "second signal" in run.text()
+    assert not audit(root, ref / "checkpoint")
+    assert zygote.launch(argv, out / "log3").wait(300) == 0
+    got = {i: v[-1] for i, v in losses(out).items()}
+    assert got == {i: v[0] for i, v in losses(ref).items()}

@@ -10,24 +10,35 @@ from pathlib import Path
 
 import pytest
 
-from harness import COUNTS, audit, launch_process, losses, metric_lines, tracker, train_args
+from harness import COUNTS, audit, children_of, launch_process, losses, metric_lines, tracker, train_args
 
 pytestmark = [pytest.mark.slow, pytest.mark.dist]
-ITERS = 6
+ITERS = 8
 EXTRA = ("checkpoint.save_interval=2",)
 
 
 def _workers(agent: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{agent}/task/{agent}/children").read_text().split()]
-    except OSError:
-        return []
+    """The worker processes torchrun started (each in its own session)."""
+    return [pid for pid in children_of(agent) if b"pai_patch" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+def _records(out: Path) -> list[dict]:
+    import json
+
+    path, records = out / "metrics.jsonl", []
+    for line in (path.read_text().splitlines() if path.exists() else []):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            records.append({"iteration": 0, "loss": None, "partial": True})
+    return records
 
 
 def test_kill9_torchrun(references, work, data_prefix):
     # DP=2 reproduces the single-process run bit for bit (per-token loss over the global batch),
     # so the uninterrupted reference is the single-process run of the same job
-    ref = references.get("interval-2", ITERS, *EXTRA)
+    ref = references.get("interval-2-8", ITERS, *EXTRA)
+    want = {i: v[0] for i, v in losses(ref).items()}
     out = work / "kill-torchrun"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
@@ -42,20 +53,26 @@ def test_kill9_torchrun(references, work, data_prefix):
             run = launch_process(argv, out / "log", torchrun=True)
             runs.append(run)
             deadline = time.monotonic() + 300
-            target = (tracker(root) or 0) + 2 if what == "group-in-save" else None
+            target = 4  # group: during the save of iteration 4 (2 is saved); worker: after 4 is saved
             while run.poll() is None and time.monotonic() < deadline:
                 if what == "group-in-save" and (root / f"iter_{target:07d}").exists() is False and \
                         any(root.glob(f".tmp-iter_{target:07d}-*")):
-                    time.sleep(rng.uniform(0.0, 0.4))
+                    time.sleep(rng.uniform(0.0, 0.15))
                     break
-                if what == "worker-at-step" and metric_lines(out) - start_lines >= 1:
-                    time.sleep(rng.uniform(0.0, 0.3))
+                if what == "worker-at-step" and (tracker(root) or 0) >= target and \
+                        metric_lines(out) - start_lines >= 3:
                     break
                 time.sleep(0.005)
             assert run.poll() is None, f"torchrun ended before the kill:\n{run.text()[-3000:]}"
             tmp = set(root.glob(".tmp-iter_*"))
             if what == "group-in-save":
-                run.kill_group()  # the node is gone: agent and both workers
+                import os
+                import signal
+
+                workers = _workers(run.pid)
+                assert workers, "no torchrun workers found"
+                for pid in [run.pid, *workers]:  # the node is gone: agent and both workers at once
+                    os.kill(pid, signal.SIGKILL)
             else:
                 workers = _workers(run.pid)
                 assert workers, "no torchrun workers found"
@@ -70,7 +87,12 @@ def test_kill9_torchrun(references, work, data_prefix):
             COUNTS.torchrun_kills += 1
             COUNTS.kills_in_save += bool(tmp & set(root.glob(".tmp-iter_*")))
             assert not audit(root, None)
+            resumed = [r for r in _records(out)[start_lines:] if not r.get("partial")]
+            if runs[:-1] and resumed:  # a resumed run that logged steps before its kill
+                COUNTS.resumes += 1
+                COUNTS.resumes_exact += all(abs(r["loss"] - want[r["iteration"]]) <= 1e-6 for r in resumed)
         start_iteration = tracker(root) or 0
+        assert 0 < start_iteration < ITERS, f"nothing to resume from (tracker {start_iteration})"
         run = launch_process(argv, out / "log", torchrun=True)
         rc = run.wait(600)
         run.kill_group()
@@ -78,7 +100,6 @@ def test_kill9_torchrun(references, work, data_prefix):
     finally:
         for run in runs:
             run.kill_group()
-    want = {i: v[0] for i, v in losses(ref).items()}
     got = {i: v[-1] for i, v in losses(out).items()}
     assert set(got) == set(want)
     worst = max(abs(got[i] - want[i]) for i in want)
