@@ -41,6 +41,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             except ConfigError as err:
                 errors.append(str(err))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} fits none of {_type_name(tp)}")
+    if isinstance(value, bool) and (tp is str or origin is typing.Literal):
+        value = str(value).lower()  # YAML reads the seeds' `false` switch values as booleans
     if origin is typing.Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:

@@ -97,7 +97,7 @@ def test_seed_raw_json_sft_example_runs(tmp_path: Path) -> None:
     """Seed 000's MP_DATASET_TYPE=raw SFT command on the tiny DeepSeek-V2, a few iterations."""
     out = tmp_path / "out"
     args = deepseek_sft_raw(str(out))
-    args[23] = "3"  # TRAIN_TOKENS_OR_ITERS: 3 iterations instead of 10000
+    args[23], args[24] = "3", "1"  # TRAIN/WARMUP_TOKENS_OR_ITERS: 3 iterations instead of 10000, 1 of warmup
     subprocess.run(["sh", "recipes/deepseek_v2/run_mcore_deepseek.sh", *args], cwd=ROOT, check=True,
                    capture_output=True, text=True, env={**os.environ, "MP_DATASET_TYPE": "raw"})
     rows = [json.loads(x) for x in (out / "sft" / "metrics.jsonl").read_text().splitlines()]

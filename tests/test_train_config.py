@@ -39,6 +39,8 @@ def test_token_budget_rounds_up_not_down() -> None:
 def test_exactly_one_budget() -> None:
     with pytest.raises(ConfigError, match="exactly one of train_iters or train_tokens"):
         from_dict(TrainSection, {"train_iters": 3, "train_tokens": 10})
+    with pytest.raises(ConfigError, match=r"warmup \(100 iterations\) must be shorter than training \(3"):
+        from_dict(TrainSection, {"train_iters": 3, "warmup_iters": 100})
     with pytest.raises(ConfigError, match="precision"):
         from_dict(TrainSection, {"train_iters": 3, "precision": "fp64"})
 

@@ -83,6 +83,9 @@ class TrainSection:
         for name in ("micro_batch_size", "global_batch_size", "seq_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1")
+        if self.warmup >= self.iterations:
+            raise ConfigError(f"train: warmup ({self.warmup} iterations) must be shorter than training "
+                              f"({self.iterations} iterations)")
 
     @property
     def tokens_per_iter(self) -> int:

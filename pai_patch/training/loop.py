@@ -7,6 +7,7 @@ which is what lets a TP=2 or DP=2 run reproduce a single-process run.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -39,6 +40,20 @@ class Stack:
     scheduler: Any
     dp_size: int
     dp_rank: int
+
+
+def _cpu_precision(rt):  # noqa: ANN001, ANN202
+    """bf16/fp16 on a machine without CUDA train in fp32, and say so.
+
+    CPU half-precision matmuls are emulated (slow, and no faster than fp32), and megatron-core
+    0.16.1's half-precision optimizers cannot write their checkpoint without TE/Apex.  The
+    seeds' `PR=bf16` commands therefore still run here, with fp32 numerics; on GPUs the
+    requested precision is used.
+    """
+    if rt.precision in ("bf16", "fp16") and not torch.cuda.is_available():
+        log.warning("no CUDA: %s requested, training in fp32 on CPU", rt.precision)
+        return dataclasses.replace(rt, precision="fp32")
+    return rt
 
 
 def _seed_everything(seed: int) -> None:
@@ -170,7 +185,7 @@ class Trainer:
         family = get_family(cfg.model.family)
         size = family.size(cfg.model.size)
         use_te = choose_backend(cfg)
-        self.rt = cfg.runtime(use_te=use_te)
+        self.rt = _cpu_precision(cfg.runtime(use_te=use_te))
         self.world = world_size_from_env()
         t = cfg.train
         layout = validate_layout(size, self.rt, self.world, global_batch=t.global_batch_size,
