@@ -35,3 +35,15 @@ def test_resume_is_bitwise_identical(corpus_prefix: str, tmp_path: Path) -> None
     a, b = losses(straight), losses(resumed)
     assert sorted(b) == list(range(1, 11))
     assert all(a[i] == b[i] for i in a), [(i, a[i], b[i]) for i in a if a[i] != b[i]]
+
+
+def test_deepseek_logs_moe_aux_loss_and_expert_tokens(corpus_prefix: str, tmp_path: Path) -> None:
+    import json
+
+    run_cli("train", "model.family=deepseek_v2", "model.size=tiny", f"data.train_path={corpus_prefix}",
+            f"output_dir={tmp_path}", "train.seq_length=64", "train.train_iters=3")
+    last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["moe/seq_load_balancing_loss"] > 0
+    per_layer = last["moe/expert_tokens"]
+    assert len(per_layer) == 3 and all(len(layer) == 8 for layer in per_layer)  # 3 MoE layers (1 dense), 8 experts
+    assert all(sum(layer) == 8 * 64 * 2 for layer in per_layer)  # every token of the global batch, top-2

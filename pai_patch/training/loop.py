@@ -203,6 +203,9 @@ class Trainer:
 
             install_activation_offload(self.model, t.recompute_layers)
         self.optimizer, self.scheduler = _optimizer(cfg, self.model, self.rt)
+        from pai_patch.training.moe_stats import ExpertTokenCounter
+
+        self.expert_tokens = ExpertTokenCounter(self.model, self.rt.sequence_parallel)
         self._hook_config()
         self.output = Path(cfg.output_dir)
         self.save_root = Path(cfg.checkpoint.save) if cfg.checkpoint.save else self.output / "checkpoint"
@@ -331,6 +334,7 @@ class Trainer:
                     self.optimizer.param_groups[0]), "grad_norm": result.get("grad_norm", math.nan),
                     "tokens_per_s": t.tokens_per_iter / elapsed, "step_s": elapsed}
                 record.update(_moe_metrics(t.global_batch_size // (t.micro_batch_size * self.dp_size)))
+                record.update(self.expert_tokens.collect())
                 if t.eval_interval and valid_ds is not None and self.iteration % t.eval_interval == 0:
                     record["valid_loss"] = self.evaluate(valid_ds)
                 if self.iteration % t.log_interval == 0 or self.iteration == t.iterations:
