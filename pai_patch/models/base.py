@@ -210,9 +210,9 @@ class ModelFamily:
         from megatron.core.models.gpt import GPTModel
 
         config = config or self.transformer_config(size, rt)
-        return GPTModel(
+        model = GPTModel(
             config=config,
-            transformer_layer_spec=self.layer_spec(config, rt),
+            transformer_layer_spec=self.decoder_spec(config, rt, vp_stage),
             vocab_size=padded_vocab_size(size.vocab_size),
             max_sequence_length=max(rt.seq_length, 1),
             pre_process=pre_process,
@@ -221,6 +221,16 @@ class ModelFamily:
             vp_stage=vp_stage,
             **self.rope_kwargs(size),
         )
+        self.finish_model(model, config)
+        return model
+
+    def decoder_spec(self, config: "TransformerConfig", rt: Runtime, vp_stage: int | None) -> Any:
+        """What GPTModel builds its decoder from: one layer spec here; families with mixed
+        layers (dense + MoE) return a block spec for this pipeline stage."""
+        return self.layer_spec(config, rt)
+
+    def finish_model(self, model: "GPTModel", config: "TransformerConfig") -> None:
+        """Family-specific touches after GPTModel is built (none for dense models)."""
 
     # ---- HF side --------------------------------------------------------------------
     def hf_config(self, size: ModelSize) -> Any:

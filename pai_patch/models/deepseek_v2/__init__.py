@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import torch
 
 from pai_patch.models import register
-from pai_patch.models.base import ModelFamily, ModelSize, Runtime, padded_vocab_size, with_sdpa_attention
+from pai_patch.models.base import ModelFamily, ModelSize, Runtime, with_sdpa_attention
 from pai_patch.models.deepseek_v2.size import SIZES, DeepseekV2Size, size_from_hf_config
 
 if TYPE_CHECKING:
@@ -81,40 +81,18 @@ class DeepseekV2(ModelFamily):
                 layer.submodules.mlp.submodules.router = DeepseekV2Router
         return spec
 
-    def build(
-        self,
-        size: ModelSize,
-        rt: Runtime,
-        *,
-        pre_process: bool = True,
-        post_process: bool = True,
-        vp_stage: int | None = None,
-        config: "TransformerConfig | None" = None,
-    ) -> "GPTModel":
-        from megatron.core.models.gpt import GPTModel
+    def decoder_spec(self, config: "TransformerConfig", rt: Runtime,
+                     vp_stage: int | None) -> "TransformerBlockSubmodules":
+        return self.block_spec(config, rt, vp_stage)
 
+    def finish_model(self, model: "GPTModel", config: "TransformerConfig") -> None:
         from megatron.core.post_training.modelopt.layers import Linear
 
-        config = config or self.transformer_config(size, rt)
-        model = GPTModel(
-            config=config,
-            transformer_layer_spec=self.block_spec(config, rt, vp_stage),
-            vocab_size=padded_vocab_size(size.vocab_size),
-            max_sequence_length=max(rt.seq_length, 1),
-            pre_process=pre_process,
-            post_process=post_process,
-            share_embeddings_and_output_weights=size.tie_embeddings,
-            vp_stage=vp_stage,
-            # MLA owns its (YaRN) rotary embedding; GPTModel makes none for MLA configs.
-            position_embedding_type="rope",
-            rotary_base=int(size.rope_theta),
-        )
         if config.perform_initialization:  # megatron's Linear keeps torch's default init
             with torch.no_grad():
                 for module in model.modules():
                     if isinstance(module, Linear):
                         config.init_method(module.weight)
-        return model
 
     # ---- HF side --------------------------------------------------------------------
     def hf_config(self, size: ModelSize) -> Any:
