@@ -132,11 +132,7 @@ def _cli_generate(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family, tp", [
-    ("qwen2_5", 1), ("llama2", 1), pytest.param("qwen2_5", 2, marks=pytest.mark.dist),
-    # transformers 5 stores DeepSeek-V2 experts fused (mlp.experts.gate_up_proj); the converter's
-    # mapping still names them per expert (mlp.experts.{expert}.gate_proj.weight)
-    pytest.param("deepseek_v2", 1, marks=pytest.mark.xfail(raises=KeyError, strict=True,
-                                                           reason="converter: fused HF expert tensors")),
+    ("qwen2_5", 1), ("llama2", 1), pytest.param("qwen2_5", 2, marks=pytest.mark.dist), ("deepseek_v2", 1),
 ])
 def test_cli_mcore_checkpoint_matches_transformers(tmp_path: Path, family: str, tp: int) -> None:
     """HF → Megatron-Core (converter) → `generate --mcore` at TP, token-identical to HF greedy."""
