@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -29,12 +30,19 @@ def corpus_prefix(tmp_path_factory: pytest.TempPathFactory) -> str:
     return f"{prefix}_text_document"
 
 
+def free_port() -> int:
+    """A loopback port nobody listens on now, for torchrun's rendezvous."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def run_cli(*args: str, nproc: int = 1, env: dict[str, str] | None = None, check: bool = True,
             timeout: int = 900) -> subprocess.CompletedProcess:
     """Run ``python -m pai_patch ARGS`` (under torchrun when nproc > 1) and return the result."""
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_port", str(29600 + os.getpid() % 300), "-m", "pai_patch", *args]
+               "--master_port", str(free_port()), "-m", "pai_patch", *args]
     else:
         cmd = [sys.executable, "-m", "pai_patch", *args]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}

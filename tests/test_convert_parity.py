@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 
 from pai_patch.models import get_family
 from pai_patch.models.base import ModelSize, Runtime
+from tests.conftest import free_port
 
 TOLERANCE = 1e-4
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,11 +90,6 @@ def test_spec_translation_local_to_te():
 
 
 # ---- two processes ------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.slow
 @pytest.mark.dist
@@ -110,7 +105,7 @@ def test_logits_and_trainer_checkpoint_under_torchrun(tmp_path, tp, pp):
     legacy_dir = convert("qwen2_5", hf, tmp_path / "legacy", fmt="legacy", tp=tp, pp=pp)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     run = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
          __file__, "--hf", str(hf), "--dist", str(dist_dir), "--legacy", str(legacy_dir), "--tp", str(tp),
          "--pp", str(pp), "--save", str(tmp_path / "trained"), "--out", str(tmp_path / "result.json")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from pai_patch.convert.mapping import Fuse, Scope, WeightMapping
 from pai_patch.models import get_family
 from pai_patch.models.base import Runtime, padded_vocab_size
 from pai_patch.models.deepseek_v2 import DeepseekV2Size
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-4
@@ -129,18 +129,13 @@ def test_logits_match_transformers(name: str) -> None:
     assert diff < TOLERANCE, f"{name}: max |logit diff| {diff:.3e}"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.slow
 @pytest.mark.dist
 def test_logits_match_transformers_expert_parallel() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
          __file__], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     diffs = [float(line.split()[-1]) for line in result.stdout.splitlines() if line.startswith("MAXDIFF")]

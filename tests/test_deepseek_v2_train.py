@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,16 +15,12 @@ from pathlib import Path
 import pytest
 
 from test_convert_roundtrip import make_hf
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-5
 ITERS = 3
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(cmd: list[str]) -> None:
@@ -54,7 +49,7 @@ def train(setup: dict[str, Path], name: str, nproc: int, *overrides: str) -> lis
             f"output_dir={out}", *overrides]
     launcher = [sys.executable] if nproc == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-        str(_free_port())]
+        str(free_port())]
     _run(launcher + args)
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
