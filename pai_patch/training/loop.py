@@ -179,6 +179,7 @@ class Trainer:
         from pai_patch.parallel import init_model_parallel, init_process_group, validate_layout, world_size_from_env
         from pai_patch.patches import apply_patches
         from pai_patch.training.backend import choose_backend
+        from pai_patch.training.moe_stats import ExpertTokenCounter
 
         self.cfg = cfg
         apply_patches()
@@ -203,8 +204,6 @@ class Trainer:
 
             install_activation_offload(self.model, t.recompute_layers)
         self.optimizer, self.scheduler = _optimizer(cfg, self.model, self.rt)
-        from pai_patch.training.moe_stats import ExpertTokenCounter
-
         self.expert_tokens = ExpertTokenCounter(self.model, self.rt.sequence_parallel)
         self._hook_config()
         self.output = Path(cfg.output_dir)
@@ -221,7 +220,7 @@ class Trainer:
         config.no_sync_func = no_sync[0] if len(no_sync) == 1 else no_sync
 
     def _restore(self) -> tuple[int, int]:
-        from pai_patch.training.checkpointing import unwrap, is_training_checkpoint, load_checkpoint, read_tracker
+        from pai_patch.training.checkpointing import is_training_checkpoint, load_checkpoint, read_tracker, unwrap
 
         ck = self.cfg.checkpoint
         if read_tracker(self.save_root) is not None:
