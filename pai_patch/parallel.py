@@ -62,6 +62,7 @@ def validate_layout(size: ModelSize, rt: Runtime, world_size: int, *, global_bat
              f"PP*VP={rt.pp}*{rt.vp} must divide the layers ({size.num_layers})")
     if num_experts:
         rule(num_experts % rt.ep == 0, f"EP={rt.ep} must divide the routed experts ({num_experts})")
+        rule(rt.tp == 1 or rt.sequence_parallel, f"a mixture-of-experts model at TP={rt.tp} needs sequence parallel (SP=true)")
         rule((dp * rt.cp) % rt.ep == 0, f"EP={rt.ep} must divide DP*CP = {dp}*{rt.cp}")
     else:
         rule(rt.ep == 1, f"EP={rt.ep} needs a mixture-of-experts model")

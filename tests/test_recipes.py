@@ -34,6 +34,7 @@ def test_every_size_resolves_to_a_valid_layout(name: str, size: str) -> None:
         assert cfg.train.iterations >= 1
     if size != "tiny":
         assert recipe.pretrain.train["precision"] == "bf16"  # real sizes train in bf16 on GPUs
+        assert recipe.eval.num_fewshot == 5  # the protocol of the published CMMLU / C-Eval figures
 
 
 def test_overrides_and_aliases() -> None:
@@ -66,6 +67,8 @@ def test_layout_rules_are_named() -> None:
         validate_layout(qwen, Runtime(sequence_parallel=True), 1)
     with pytest.raises(LayoutError, match="CP=2 requires the sequence length"):
         validate_layout(qwen, Runtime(cp=2), 2, seq_length=4094)
+    with pytest.raises(LayoutError, match="mixture-of-experts model at TP=2 needs sequence parallel"):
+        validate_layout(row, Runtime(tp=2), 2, num_experts=ds.num_routed_experts(row))
     with pytest.raises(LayoutError, match="global batch 6 must divide"):
         validate_layout(qwen, Runtime(), 4, global_batch=6, micro_batch=1)
 

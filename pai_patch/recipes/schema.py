@@ -65,6 +65,8 @@ class EvalStage:
     limit: int | None = None
     batch_size: int = 8
     apply_chat_template: bool = False
+    #: few-shot examples per question (the published CMMLU / C-Eval figures are 5-shot); None: the task's default
+    num_fewshot: int | None = None
     #: absolute difference within which a measured score counts as reproducing a published one
     tolerance: float = 0.02
     #: published scores: task/metric -> {value, source}

@@ -214,7 +214,7 @@ def stage_eval(recipe: Recipe, p: Paths) -> None:
     p.eval.mkdir(parents=True, exist_ok=True)
     scores = evaluate(p.hf_export, e.tasks, data_dir=resolve_path(e.data_dir), limit=e.limit,
                       batch_size=e.batch_size, output=p.eval / "results.json",
-                      apply_chat_template=e.apply_chat_template)
+                      apply_chat_template=e.apply_chat_template, num_fewshot=e.num_fewshot)
     for key, value in scores.items():
         print(f"[eval] {key}: {value:.4f}")
     write_report(recipe, scores, p.eval)
