@@ -102,3 +102,11 @@ def test_seed_raw_json_sft_example_runs(tmp_path: Path) -> None:
                    capture_output=True, text=True, env={**os.environ, "MP_DATASET_TYPE": "raw"})
     rows = [json.loads(x) for x in (out / "sft" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(r["loss"] == r["loss"] for r in rows)
+
+
+def test_seed_data_script_runs_under_sh(tmp_path: Path) -> None:
+    """Seed 000 runs the preprocessing wrapper with `sh` (dash here), not bash."""
+    subprocess.run(["sh", str(ROOT / "toolkits/pretrain_data_preprocessing/run_make_pretraining_dataset_megatron.sh"),
+                    str(CORPUS / "pretrain.jsonl"), "DeepSeekV2Tokenizer", "text", str(tmp_path),
+                    str(ROOT / "pai_patch" / "assets" / "tokenizer")], cwd=tmp_path, check=True, capture_output=True)
+    assert (tmp_path / "mmap_deepseekv2_datasets_text_document.idx").is_file()

@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# The seeds call this with `sh`; the body needs bash.
+[ -n "$BASH_VERSION" ] || exec bash "$0" "$@"
 # Seed interface of Pai-Megatron-Patch's run_ds_train_huggingface_llama.sh (14 positional args),
 # mapped onto `python -m pai_patch hf_train` (DeepSpeed ZeRO from ds_config_TEMPLATE.json next to this file).
 #   ENV MODEL_SIZE BATCH_SIZE GA_STEPS LR SEQ_LEN PR ZERO GC TRAIN_DATASET_PATH VALID_DATASET_PATH

@@ -1,4 +1,6 @@
 #!/bin/bash
+# The seeds call this with `sh`; the body needs bash.
+[ -n "$BASH_VERSION" ] || exec bash "$0" "$@"
 # Seed interface: MODEL_SIZE SOURCE_CKPT_PATH TARGET_CKPT_PATH TP PP PR USE_TE mg2hf [HF_DIR]
 # mg2hf=false: HF (SOURCE) -> Megatron-Core legacy checkpoint split for TP/PP (FORMAT=torch_dist: layout-free).
 # mg2hf=true:  Megatron-Core (SOURCE: converted or trained, legacy or torch_dist) -> HF (TARGET);

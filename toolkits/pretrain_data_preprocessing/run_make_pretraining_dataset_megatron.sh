@@ -1,4 +1,6 @@
 #!/bin/bash
+# The seeds call this with `sh`; the body needs bash.
+[ -n "$BASH_VERSION" ] || exec bash "$0" "$@"
 # Seed interface: INPUT_JSON TOKENIZER_NAME JSON_KEY OUTPUT_DIR TOKENIZER_DIR
 # Writes OUTPUT_DIR/mmap_<name>_datasets_<JSON_KEY>_document.bin/.idx (e.g. mmap_deepseekv2_datasets_text_document).
 # Thin wrapper over `python -m pai_patch preprocess pretrain`; WORKERS (default: CPU count) sets --workers,

@@ -1,4 +1,6 @@
 #!/bin/bash
+# The seeds call this with `sh`; the body needs bash.
+[ -n "$BASH_VERSION" ] || exec bash "$0" "$@"
 # INPUT_JSON TOKENIZER_NAME FORMAT SEQ_LEN OUTPUT_DIR TOKENIZER_DIR [PACK]
 # Writes OUTPUT_DIR/mmap_<name>_sft_datasets_text_document.bin/.idx, the matching _loss_mask_document
 # and _sft.json.  FORMAT: alpaca | sharegpt | messages.  PACK: true to pack several samples per sequence.

@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# The seeds call this with `sh`; the body needs bash.
+[ -n "$BASH_VERSION" ] || exec bash "$0" "$@"
 # Seed interface of Pai-Megatron-Patch's run_text_generation_megatron_llama.sh (19 positional args),
 # mapped onto `python -m pai_patch generate --mcore`.
 #   ENV MEGATRON_PATH MEGATRON_PATCH_PATH CHECKPOINT_PATH MODEL_SIZE TP BS SEQ_LEN PAD_LEN EXTRA_VOCAB_SIZE PR

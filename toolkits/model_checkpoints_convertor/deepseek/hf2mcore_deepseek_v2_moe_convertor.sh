@@ -1,4 +1,6 @@
 #!/bin/bash
+# The seeds call this with `sh`; the body needs bash.
+[ -n "$BASH_VERSION" ] || exec bash "$0" "$@"
 # Seed interface: MODEL_SIZE SOURCE_CKPT_PATH TARGET_CKPT_PATH TP PP EP PR USE_TE mg2hf [HG_CKPT_PATH]
 # mg2hf=false: HF (SOURCE) -> Megatron-Core legacy checkpoint (TARGET) split for TP/PP/EP (TE names with USE_TE=true).
 # mg2hf=true:  Megatron-Core (SOURCE, legacy or torch_dist) -> HF (TARGET); config + tokenizer from HG_CKPT_PATH.

@@ -1,4 +1,6 @@
 #!/bin/bash
+# The seeds call this with `sh`; the body needs bash.
+[ -n "$BASH_VERSION" ] || exec bash "$0" "$@"
 # Seed interface: MEGATRON_PATH SOURCE_CKPT_PATH TARGET_CKPT_PATH TP PP MODEL_NAME EXTRA_VOCAB_SIZE mg2hf
 # mg2hf=false: HF Llama 2 (SOURCE) -> Megatron-Core legacy checkpoint split for TP/PP (FORMAT=torch_dist: layout-free).
 # mg2hf=true:  Megatron-Core (SOURCE) -> HF (TARGET); set HF_DIR to the HF checkpoint for config and tokenizer.

@@ -1,4 +1,6 @@
 #!/bin/bash
+# The seeds call this with `sh`; the body needs bash.
+[ -n "$BASH_VERSION" ] || exec bash "$0" "$@"
 # Seed interface: MODEL_SIZE LOAD_DIR SAVE_DIR MG2HF USE_CUDA PR [HF_DIR]
 # MG2HF=false: HF (LOAD_DIR) -> torch_dist (SAVE_DIR), which loads at any TP/PP/EP.
 # MG2HF=true:  Megatron-Core (LOAD_DIR, torch_dist or legacy, e.g. a training checkpoint) -> HF (SAVE_DIR);
