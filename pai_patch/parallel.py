@@ -30,8 +30,12 @@ class Layout:
 
 def validate_layout(size: ModelSize, rt: Runtime, world_size: int, *, global_batch: int | None = None,
                     micro_batch: int | None = None, num_experts: int | None = None,
-                    seq_length: int | None = None) -> Layout:
-    """Check every rule megatron-core would otherwise trip over deep inside model build."""
+                    seq_length: int | None = None, for_training: bool = True) -> Layout:
+    """Check every rule megatron-core would otherwise trip over deep inside model build.
+
+    ``for_training=False`` (checkpoint conversion) skips the rules about how a run computes,
+    such as MoE at TP>1 needing sequence parallelism, and keeps those about how weights shard.
+    """
 
     def rule(ok: bool, message: str) -> None:
         if not ok:
@@ -62,7 +66,8 @@ def validate_layout(size: ModelSize, rt: Runtime, world_size: int, *, global_bat
              f"PP*VP={rt.pp}*{rt.vp} must divide the layers ({size.num_layers})")
     if num_experts:
         rule(num_experts % rt.ep == 0, f"EP={rt.ep} must divide the routed experts ({num_experts})")
-        rule(rt.tp == 1 or rt.sequence_parallel, f"a mixture-of-experts model at TP={rt.tp} needs sequence parallel (SP=true)")
+        rule(not for_training or rt.tp == 1 or rt.sequence_parallel,
+             f"a mixture-of-experts model at TP={rt.tp} needs sequence parallel (SP=true)")
         rule((dp * rt.cp) % rt.ep == 0, f"EP={rt.ep} must divide DP*CP = {dp}*{rt.cp}")
     else:
         rule(rt.ep == 1, f"EP={rt.ep} needs a mixture-of-experts model")

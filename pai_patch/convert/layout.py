@@ -71,7 +71,8 @@ def groups(mapping: WeightMapping, size: ModelSize) -> list[Group]:
 def check_layout(size: ModelSize, mapping: WeightMapping, tp: int, pp: int, ep: int) -> None:
     """The rules a converted checkpoint must satisfy to load at this TP/PP/EP (LayoutError names the rule)."""
     experts = mapping.num_experts(size)
-    validate_layout(size, Runtime(tp=tp, pp=pp, ep=ep), tp * pp * ep, num_experts=experts or None)
+    validate_layout(size, Runtime(tp=tp, pp=pp, ep=ep), tp * pp * ep, num_experts=experts or None,
+                    for_training=False)
     padded = padded_vocab_size(size.vocab_size)
     if padded % tp:
         raise LayoutError(f"invalid parallel layout: TP={tp} must divide the padded vocabulary "
