@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("pai_patch.data.inspect_cli", "inspect or validate an idxmap dataset"),
     "convert": ("pai_patch.convert.cli", "HF <-> Megatron-Core checkpoint conversion"),
     "generate": ("pai_patch.generation.cli", "text generation from a Megatron-Core checkpoint"),
+    "serve": ("pai_patch.generation.server", "streaming websocket generation service (the seed's client)"),
     "eval": ("pai_patch.evaluation.cli", "lm-eval on a checkpoint"),
     "hf_train": ("pai_patch.hf_train.cli", "HF + DeepSpeed ZeRO training"),
     "doctor": ("pai_patch.doctor", "what this environment has and what each switch will use"),

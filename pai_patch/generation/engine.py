@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from tqdm import tqdm
@@ -21,18 +21,24 @@ def generate_ids(decoder: Decoder, prompt_ids: list[int], params: SamplingParams
 
     ``agree`` makes all tensor-parallel ranks continue with the same token (rank 0's).
     """
+    return list(iterate_ids(decoder, prompt_ids, params, stop_ids=stop_ids, generator=generator, agree=agree))
+
+
+def iterate_ids(decoder: Decoder, prompt_ids: list[int], params: SamplingParams, *, stop_ids: set[int],
+                generator: torch.Generator | None = None,
+                agree: Callable[[int], int] = lambda token: token) -> Iterator[int]:
+    """:func:`generate_ids` one token at a time, so a server can stream text before the output is complete."""
     if not prompt_ids:
         raise ValueError("empty prompt after tokenization")
     logits = decoder.start(prompt_ids, len(prompt_ids) + params.max_new_tokens)
-    seen, new = list(prompt_ids), []
-    for _ in range(params.max_new_tokens):
+    seen = list(prompt_ids)
+    for count in range(1, params.max_new_tokens + 1):
         token = agree(choose_token(logits, seen, params, generator))
-        new.append(token)
         seen.append(token)
-        if token in stop_ids or len(new) == params.max_new_tokens:
+        yield token
+        if token in stop_ids or count == params.max_new_tokens:
             break
         logits = decoder.step(token)
-    return new
 
 
 def stop_token_ids(tokenizer: Any) -> set[int]:
@@ -42,6 +48,11 @@ def stop_token_ids(tokenizer: Any) -> set[int]:
     if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
         ids.add(im_end)
     return ids
+
+
+def decode_output(tokenizer: Any, new: list[int], stops: set[int]) -> str:
+    """The text of generated tokens, without stop and special tokens (the streamed text must equal it)."""
+    return tokenizer.decode([t for t in new if t not in stops], skip_special_tokens=True)
 
 
 def encode_prompt(tokenizer: Any, text: str, *, chat: bool) -> list[int]:
@@ -66,8 +77,7 @@ def generate_file(decoder: Decoder, tokenizer: Any, prompts: list[str], output: 
     rows = []
     for prompt, ids in tqdm(list(zip(prompts, encoded)), desc="generate", unit="prompt"):
         new = generate_ids(decoder, ids, params, stop_ids=stops, generator=generator, agree=agree)
-        text = tokenizer.decode([t for t in new if t not in stops], skip_special_tokens=True)
-        rows.append({"prompt": prompt, "output": text, "tokens": new})
+        rows.append({"prompt": prompt, "output": decode_output(tokenizer, new, stops), "tokens": new})
     if write:
         with atomic_path(output) as tmp:
             tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")

@@ -1,7 +1,8 @@
 """``python -m pai_patch stage <stage> recipe=R [size=S] [key=value ...]`` — what ``make`` runs.
 
 Stages: data → convert → pretrain → sft → export → eval → generate; ``pipeline`` runs them
-in order.  Each stage records what it was made from (a stamp of input files and settings)
+in order.  ``serve`` (not part of the pipeline: it runs until stopped) serves the latest checkpoint
+over websockets.  Each stage records what it was made from (a stamp of input files and settings)
 next to its output and is skipped when that stamp still matches, so ``make ... pipeline``
 after an edit redoes only what the edit affects.
 """
@@ -12,6 +13,7 @@ import argparse
 import hashlib
 import json
 import os
+import shlex
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -22,10 +24,11 @@ from pai_patch.recipes.resolve import Paths, load_recipe, paths, resolve_path, t
 from pai_patch.recipes.schema import Recipe
 
 STAGES = ("data", "convert", "pretrain", "sft", "export", "eval", "generate")
+SERVICES = ("serve",)  # run until stopped, so never part of the pipeline
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("stage", choices=(*STAGES, "pipeline"))
+    parser.add_argument("stage", choices=(*STAGES, "pipeline", *SERVICES))
     parser.add_argument("overrides", nargs="*", help="recipe=NAME size=SIZE and section.key=value overrides")
 
 
@@ -230,12 +233,31 @@ def stage_generate(recipe: Recipe, p: Paths) -> None:
         return _skip("generate", p.generate)
     if not dry_run():
         p.generate.mkdir(parents=True, exist_ok=True)
-    run_command(_python("generate", "--mcore", str(ckpt), "--family", recipe.model.family, "--size",
-                        recipe.model.size, "--tp", str(recipe.parallel.tp), "--input", resolve_path(g.prompts),
-                        "--output", str(out), "--max-new-tokens", str(g.max_new_tokens), "--top-k", str(g.top_k),
-                        "--top-p", str(g.top_p), "--temperature", str(g.temperature),
-                        "--repetition-penalty", str(g.repetition_penalty), *(["--chat"] if g.chat else [])))
+    run_command(_python("generate", *_model_and_sampling_args(recipe, ckpt), "--tp", str(recipe.parallel.tp),
+                        "--input", resolve_path(g.prompts), "--output", str(out)))
     mark_done(p.generate, fp)
+
+
+def stage_serve(recipe: Recipe, p: Paths) -> None:
+    """Serve the latest SFT (else pretrain) checkpoint until SIGTERM/SIGINT.
+
+    The server replaces this process (exec) so that Ctrl-C and SIGTERM reach it directly and it
+    closes its connections cleanly; host, port and token come from ``PAI_SERVE_HOST/PORT/TOKEN``.
+    """
+    import sys
+
+    cmd = _python("serve", *_model_and_sampling_args(recipe, _latest_training_checkpoint(p)))
+    print("+ " + shlex.join(cmd), flush=True)
+    if not dry_run():
+        os.execv(sys.executable, cmd)
+
+
+def _model_and_sampling_args(recipe: Recipe, ckpt: Path) -> list[str]:
+    g = recipe.generate
+    return ["--mcore", str(ckpt), "--family", recipe.model.family, "--size", recipe.model.size,
+            "--max-new-tokens", str(g.max_new_tokens), "--top-k", str(g.top_k), "--top-p", str(g.top_p),
+            "--temperature", str(g.temperature), "--repetition-penalty", str(g.repetition_penalty),
+            *(["--chat"] if g.chat else [])]
 
 
 def _python(*args: str) -> list[str]:
@@ -252,6 +274,7 @@ RUNNERS: dict[str, Callable[[Recipe, Paths], None]] = {
     "export": stage_export,
     "eval": stage_eval,
     "generate": stage_generate,
+    "serve": stage_serve,
 }
 
 
