@@ -115,6 +115,22 @@ def build_sft_datasets(cfg: TrainConfig, tokenizer) -> tuple[Dataset, Dataset | 
     return one(cfg.data.train_path), one(cfg.data.valid_path)
 
 
+SEQUENCE_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
+
+
+def batch_on_this_cp_rank(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """This context-parallel rank's part of a micro-batch (the whole batch at CP=1).
+
+    Every CP rank reads the same micro-batch (they share a data-parallel rank) and keeps
+    chunks r and 2*CP-1-r of its 2*CP sequence chunks, megatron's load-balanced layout,
+    which the rotary embedding and ``SDPACoreAttention`` assume.  A packed batch's
+    ``cu_seqlens`` stays whole: its offsets are global positions, read by the attention mask.
+    """
+    from megatron.core.utils import get_batch_on_this_cp_rank
+
+    return {**batch, **get_batch_on_this_cp_rank({key: batch[key] for key in SEQUENCE_KEYS})}
+
+
 def micro_batches(dataset: Dataset, *, start_iteration: int, global_batch: int, micro_batch: int,
                   dp_size: int, dp_rank: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
     """Endless micro-batches for this DP rank, starting at ``start_iteration``.
