@@ -43,3 +43,14 @@ def test_valid_values_reach_the_converter(tmp_path, script, args):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {src}"), result.stderr[-2000:]
     assert not dst.exists()
+
+
+WRAPPERS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "toolkits").rglob("*.sh") if p.name != "_common.sh")
+
+
+@pytest.mark.parametrize("script", WRAPPERS)
+def test_every_toolkit_wrapper_starts_under_sh(tmp_path, script):
+    """The seeds call the wrappers with `sh` (dash): the shared prelude re-execs them in bash from any cwd."""
+    result = subprocess.run(["sh", str(ROOT / script)], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 2 and "usage: " in result.stderr, result.stderr
+    assert "not found" not in result.stderr and "Syntax error" not in result.stderr

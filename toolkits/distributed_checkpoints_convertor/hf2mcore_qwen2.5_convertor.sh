@@ -1,28 +1,20 @@
 #!/bin/bash
-# The seeds call this with `sh`; the body needs bash.
-[ -n "$BASH_VERSION" ] || exec bash "$0" "$@"
+. "$(dirname -- "$0")/../_common.sh"  # re-exec under bash, ROOT, PYTHON, check, die
 # Seed interface: MODEL_SIZE SOURCE_CKPT_PATH TARGET_CKPT_PATH TP PP PR USE_TE mg2hf [HF_DIR]
 # mg2hf=false: HF (SOURCE) -> Megatron-Core legacy checkpoint split for TP/PP (FORMAT=torch_dist: layout-free).
 # mg2hf=true:  Megatron-Core (SOURCE: converted or trained, legacy or torch_dist) -> HF (TARGET);
 #              config + tokenizer from HF_DIR (TP/PP are read from the checkpoint itself).
-set -euo pipefail
-
 usage() { echo "usage: $0 MODEL_SIZE(0.5B|1.5B|3B|7B|14B|32B|72B) SRC DST TP PP PR(fp32|bf16|fp16) USE_TE(true|false) mg2hf(true|false) [HF_DIR]" >&2; exit 2; }
 [ $# -ge 8 ] || usage
 MODEL_SIZE=$1; SRC=$2; DST=$3; TP=$4; PP=$5; PR=$6; USE_TE=$7; MG2HF=$8; HF_DIR=${9:-}
-check() { case " $3 " in *" $2 "*) ;; *) echo "error: $1=$2; allowed: $3" >&2; exit 2 ;; esac; }
 check MODEL_SIZE "$MODEL_SIZE" "0.5B 1.5B 3B 7B 14B 32B 72B"
 check PR "$PR" "fp32 bf16 fp16"
 check USE_TE "$USE_TE" "true false"
 check mg2hf "$MG2HF" "true false"
-for n in TP PP; do [[ ${!n} =~ ^[1-9][0-9]*$ ]] || { echo "error: $n=${!n}; allowed: a positive integer" >&2; exit 2; }; done
+check_positive TP PP
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-PYTHON=python
-[ -x "$ROOT/.venv/bin/python" ] && PYTHON="$ROOT/.venv/bin/python"
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 if [ "$MG2HF" = true ]; then
-  [ -n "$HF_DIR" ] || { echo "error: mg2hf=true needs HF_DIR (9th argument): the HF checkpoint for config and tokenizer" >&2; exit 2; }
+  [ -n "$HF_DIR" ] || die "mg2hf=true needs HF_DIR (9th argument): the HF checkpoint for config and tokenizer"
   exec "$PYTHON" -m pai_patch convert mcore2hf --model qwen2_5 --size "$MODEL_SIZE" --mcore "$SRC" --hf "$DST" \
     --source-hf "$HF_DIR" --dtype "$PR"
 fi

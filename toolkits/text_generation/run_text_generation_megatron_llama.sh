@@ -1,12 +1,10 @@
 #!/usr/bin/env bash
-# The seeds call this with `sh`; the body needs bash.
-[ -n "$BASH_VERSION" ] || exec bash "$0" "$@"
+. "$(dirname -- "$0")/../_common.sh"  # re-exec under bash, ROOT, PYTHON, die
 # Seed interface of Pai-Megatron-Patch's run_text_generation_megatron_llama.sh (19 positional args),
 # mapped onto `python -m pai_patch generate --mcore`.
 #   ENV MEGATRON_PATH MEGATRON_PATCH_PATH CHECKPOINT_PATH MODEL_SIZE TP BS SEQ_LEN PAD_LEN EXTRA_VOCAB_SIZE PR
 #   TOP_K INPUT_SEQ_LEN OUTPUT_SEQ_LEN INPUT_FILE OUTPUT_FILE TOP_P TEMPERATURE REPETITION_PENALTY
 # MODEL_FAMILY (env, default llama2) picks the family; TOKENIZER (env) a tokenizer dir (default: shipped one).
-set -euo pipefail
 if [ "$#" -ne 19 ]; then
   echo "usage: $0 ENV MEGATRON_PATH MEGATRON_PATCH_PATH CHECKPOINT_PATH MODEL_SIZE TP BS SEQ_LEN PAD_LEN" \
        "EXTRA_VOCAB_SIZE PR TOP_K INPUT_SEQ_LEN OUTPUT_SEQ_LEN INPUT_FILE OUTPUT_FILE TOP_P TEMPERATURE" \
@@ -21,11 +19,8 @@ echo "note: MEGATRON_PATH ($MEGATRON_PATH) and MEGATRON_PATCH_PATH ($MEGATRON_PA
      "megatron-core and pai_patch come from the installed environment" >&2
 echo "note: ENV=$ENV BS=$BS SEQ_LEN=$SEQ_LEN PAD_LEN=$PAD_LEN EXTRA_VOCAB_SIZE=$EXTRA_VOCAB_SIZE are not needed" \
      "(prompts run one at a time; the vocabulary comes from the model size)" >&2
-case "$ENV" in dsw|dlc) ;; *) echo "error: ENV=$ENV: expected dsw or dlc" >&2; exit 2 ;; esac
+case "$ENV" in dsw|dlc) ;; *) die "ENV=$ENV: expected dsw or dlc" ;; esac
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
-[ -x "$PYTHON" ] || PYTHON=python
 ARGS=(--mcore "$CHECKPOINT_PATH" --family "${MODEL_FAMILY:-llama2}" --size "$MODEL_SIZE" --tp "$TP"
       --precision "$PR" --top-k "$TOP_K" --top-p "$TOP_P" --temperature "$TEMPERATURE"
       --repetition-penalty "$REPETITION_PENALTY" --max-prompt-tokens "$INPUT_SEQ_LEN"

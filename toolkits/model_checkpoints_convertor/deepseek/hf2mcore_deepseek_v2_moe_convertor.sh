@@ -1,28 +1,20 @@
 #!/bin/bash
-# The seeds call this with `sh`; the body needs bash.
-[ -n "$BASH_VERSION" ] || exec bash "$0" "$@"
+. "$(dirname -- "$0")/../../_common.sh"  # re-exec under bash, ROOT, PYTHON, check, die
 # Seed interface: MODEL_SIZE SOURCE_CKPT_PATH TARGET_CKPT_PATH TP PP EP PR USE_TE mg2hf [HG_CKPT_PATH]
 # mg2hf=false: HF (SOURCE) -> Megatron-Core legacy checkpoint (TARGET) split for TP/PP/EP (TE names with USE_TE=true).
 # mg2hf=true:  Megatron-Core (SOURCE, legacy or torch_dist) -> HF (TARGET); config + tokenizer from HG_CKPT_PATH.
 # Thin wrapper over `python -m pai_patch convert`; FORMAT=torch_dist writes the layout-free format instead.
-set -euo pipefail
-
 usage() { echo "usage: $0 MODEL_SIZE(A2.4B|A21B) SRC DST TP PP EP PR(fp32|bf16|fp16) USE_TE(true|false) mg2hf(true|false) [HG_CKPT_PATH]" >&2; exit 2; }
 [ $# -ge 9 ] || usage
 MODEL_SIZE=$1; SRC=$2; DST=$3; TP=$4; PP=$5; EP=$6; PR=$7; USE_TE=$8; MG2HF=$9; HG_CKPT_PATH=${10:-}
-check() { case " $3 " in *" $2 "*) ;; *) echo "error: $1=$2; allowed: $3" >&2; exit 2 ;; esac; }
 check MODEL_SIZE "$MODEL_SIZE" "A2.4B A21B"
 check PR "$PR" "fp32 bf16 fp16"
 check USE_TE "$USE_TE" "true false"
 check mg2hf "$MG2HF" "true false"
-for n in TP PP EP; do [[ ${!n} =~ ^[1-9][0-9]*$ ]] || { echo "error: $n=${!n}; allowed: a positive integer" >&2; exit 2; }; done
+check_positive TP PP EP
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
-PYTHON=python
-[ -x "$ROOT/.venv/bin/python" ] && PYTHON="$ROOT/.venv/bin/python"
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 if [ "$MG2HF" = true ]; then
-  [ -n "$HG_CKPT_PATH" ] || { echo "error: mg2hf=true needs HG_CKPT_PATH (10th argument): the HF checkpoint for config and tokenizer" >&2; exit 2; }
+  [ -n "$HG_CKPT_PATH" ] || die "mg2hf=true needs HG_CKPT_PATH (10th argument): the HF checkpoint for config and tokenizer"
   exec "$PYTHON" -m pai_patch convert mcore2hf --model deepseek_v2 --size "$MODEL_SIZE" --mcore "$SRC" --hf "$DST" \
     --source-hf "$HG_CKPT_PATH" --dtype "$PR"
 fi

@@ -1,28 +1,20 @@
 #!/bin/bash
-# The seeds call this with `sh`; the body needs bash.
-[ -n "$BASH_VERSION" ] || exec bash "$0" "$@"
+. "$(dirname -- "$0")/../../../_common.sh"  # re-exec under bash, ROOT, PYTHON, check, die
 # Seed interface: MODEL_SIZE LOAD_DIR SAVE_DIR MG2HF USE_CUDA PR [HF_DIR]
 # MG2HF=false: HF (LOAD_DIR) -> torch_dist (SAVE_DIR), which loads at any TP/PP/EP.
 # MG2HF=true:  Megatron-Core (LOAD_DIR, torch_dist or legacy, e.g. a training checkpoint) -> HF (SAVE_DIR);
 #              config + tokenizer from HF_DIR.
 # USE_CUDA is accepted for compatibility: conversion streams tensors from disk to disk, so the CPU is enough.
-set -euo pipefail
-
 usage() { echo "usage: $0 MODEL_SIZE(0.5B|1.5B|3B|7B|14B|32B|72B) LOAD_DIR SAVE_DIR MG2HF(true|false) USE_CUDA(true|false) PR(fp32|bf16|fp16) [HF_DIR]" >&2; exit 2; }
 [ $# -ge 6 ] || usage
 MODEL_SIZE=$1; LOAD_DIR=$2; SAVE_DIR=$3; MG2HF=$4; USE_CUDA=$5; PR=$6; HF_DIR=${7:-}
-check() { case " $3 " in *" $2 "*) ;; *) echo "error: $1=$2; allowed: $3" >&2; exit 2 ;; esac; }
 check MODEL_SIZE "$MODEL_SIZE" "0.5B 1.5B 3B 7B 14B 32B 72B"
 check MG2HF "$MG2HF" "true false"
 check USE_CUDA "$USE_CUDA" "true false"
 check PR "$PR" "fp32 bf16 fp16"
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../../.." && pwd)
-PYTHON=python
-[ -x "$ROOT/.venv/bin/python" ] && PYTHON="$ROOT/.venv/bin/python"
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 if [ "$MG2HF" = true ]; then
-  [ -n "$HF_DIR" ] || { echo "error: MG2HF=true needs HF_DIR (7th argument): the HF checkpoint for config and tokenizer" >&2; exit 2; }
+  [ -n "$HF_DIR" ] || die "MG2HF=true needs HF_DIR (7th argument): the HF checkpoint for config and tokenizer"
   exec "$PYTHON" -m pai_patch convert mcore2hf --model qwen2_5 --size "$MODEL_SIZE" --mcore "$LOAD_DIR" \
     --hf "$SAVE_DIR" --source-hf "$HF_DIR" --dtype "$PR"
 fi

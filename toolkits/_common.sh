@@ -1,0 +1,34 @@
+# Shared prelude of the seed-interface wrappers under toolkits/; each sources it first thing with
+#     . "$(dirname -- "$0")/../_common.sh"        (the relative path from the wrapper to this file)
+# The seeds call some wrappers with `sh` (dash), so this file is POSIX up to the re-exec below;
+# from there on the wrapper and this file run under bash.
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"
+set -euo pipefail
+
+# ROOT: the repository; PYTHON: $PYTHON if set, else .venv/bin/python, else python; pai_patch importable.
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
+[ -x "$PYTHON" ] || PYTHON=python
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+
+# die MESSAGE: one line on stderr, exit 2 (bad input, as the Python CLI does)
+die() { echo "error: $*" >&2; exit 2; }
+
+# check NAME VALUE "ALLOWED ...": VALUE must be one of the space-separated ALLOWED words
+check() { case " $3 " in *" $2 "*) ;; *) die "$1=$2; allowed: $3" ;; esac; }
+
+# check_positive NAME ...: each named variable must hold a positive integer
+check_positive() {
+  local name
+  for name in "$@"; do [[ ${!name} =~ ^[1-9][0-9]*$ ]] || die "$name=${!name}; allowed: a positive integer"; done
+}
+
+# tokenizer_short_name TOKENIZER_NAME: the seeds' short name in output file names (DeepSeekV2Tokenizer -> deepseekv2)
+tokenizer_short_name() {
+  case "$1" in
+    DeepSeekV2Tokenizer) echo deepseekv2 ;;
+    Qwen2Tokenizer) echo qwen2 ;;
+    LLamaTokenizer|LlamaTokenizer) echo llama ;;
+    *) echo "$1" | tr '[:upper:]' '[:lower:]' | sed 's/tokenizer$//' ;;
+  esac
+}
