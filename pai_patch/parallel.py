@@ -54,16 +54,23 @@ def validate_layout(size: ModelSize, rt: Runtime, world_size: int, *, global_bat
     rule(not rt.sequence_parallel or rt.tp > 1, "sequence parallel (SP=true) requires TP > 1")
     if rt.cp > 1 and seq_length is not None:
         rule(seq_length % (2 * rt.cp) == 0, f"CP={rt.cp} requires the sequence length ({seq_length}) to divide by 2*CP")
-    if rt.pp0_layers is not None and rt.pp > 1:
+    uneven = rt.pp0_layers is not None and rt.pp > 1  # MP_PP0_LAYERS is ignored at PP=1, as the seeds do
+    if uneven:
         rest = size.num_layers - rt.pp0_layers
         rule(0 < rt.pp0_layers < size.num_layers and rest % (rt.pp - 1) == 0,
              f"MP_PP0_LAYERS={rt.pp0_layers}: the other {rest} layers must split evenly over PP-1={rt.pp - 1} stages")
     else:
         rule(size.num_layers % rt.pp == 0, f"PP={rt.pp} must divide the layers ({size.num_layers})")
-    if rt.vp:
+    if rt.vp is not None:
+        rule(rt.vp >= 1, f"VP must be >= 1 (got {rt.vp})")
         rule(rt.pp > 1, "virtual pipeline (MP_VP) requires PP > 1")
-        rule(size.num_layers % (rt.pp * rt.vp) == 0,
-             f"PP*VP={rt.pp}*{rt.vp} must divide the layers ({size.num_layers})")
+        if uneven:
+            others = (size.num_layers - rt.pp0_layers) // (rt.pp - 1)
+            rule(rt.pp0_layers % rt.vp == 0 and others % rt.vp == 0,
+                 f"VP={rt.vp} must divide every stage's layers (first stage {rt.pp0_layers}, others {others})")
+        else:
+            rule(size.num_layers % (rt.pp * rt.vp) == 0,
+                 f"PP*VP={rt.pp}*{rt.vp} must divide the layers ({size.num_layers})")
     if num_experts:
         rule(num_experts % rt.ep == 0, f"EP={rt.ep} must divide the routed experts ({num_experts})")
         rule(not for_training or rt.tp == 1 or rt.sequence_parallel,

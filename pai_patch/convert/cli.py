@@ -32,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     to_mcore.add_argument("--tp", type=int, default=1)
     to_mcore.add_argument("--pp", type=int, default=1)
     to_mcore.add_argument("--ep", type=int, default=1)
+    to_mcore.add_argument("--vp", type=int, help="legacy: virtual-pipeline chunks per stage (model0, model1, ...)")
+    to_mcore.add_argument("--pp0-layers", type=int, help="legacy: layers on the first pipeline stage (uneven split)")
     to_mcore.add_argument("--format", choices=FORMATS, default="torch_dist",
                           help="torch_dist loads at any TP/PP/EP; legacy files are per rank")
     to_mcore.add_argument("--dtype", choices=DTYPE_CHOICES, help="output precision (default: as stored)")
@@ -70,8 +72,11 @@ def run(args: argparse.Namespace) -> int:
     with process_group():
         if args.action == "hf2mcore":
             engine.hf_to_mcore(family, args.size, args.hf, args.mcore, tp=args.tp, pp=args.pp, ep=args.ep,
-                               fmt=args.format, dtype=args.dtype, use_te=args.use_te)
-            print(f"wrote {args.mcore} ({args.format}, TP={args.tp} PP={args.pp} EP={args.ep})")
+                               vp=args.vp, pp0_layers=args.pp0_layers, fmt=args.format, dtype=args.dtype,
+                               use_te=args.use_te)
+            print(f"wrote {args.mcore} ({args.format}, TP={args.tp} PP={args.pp} EP={args.ep}"
+                  + (f" VP={args.vp}" if args.vp else "") + (f" PP0={args.pp0_layers}" if args.pp0_layers else "")
+                  + ")")
         else:
             engine.mcore_to_hf(family, args.size, args.mcore, args.hf, args.source_hf, dtype=args.dtype,
                                max_shard_bytes=args.max_shard_size)

@@ -20,8 +20,8 @@ import torch
 from tqdm import tqdm
 
 from pai_patch.convert import dist, legacy
-from pai_patch.convert.layout import (Group, Item, check_layout, full_shape, groups, hf_shapes, local_expert,
-                                      shard, stage_layers, stage_of, to_hf, to_mcore, unshard)
+from pai_patch.convert.layout import (Group, Item, StageMap, check_layout, full_shape, groups, hf_shapes,
+                                      local_expert, shard, to_hf, to_mcore, unshard)
 from pai_patch.convert.mapping import Fuse, Scope, Split, WeightMapping
 from pai_patch.convert.safetensors_stream import INDEX, SafetensorsReader, ShardedSafetensorsWriter
 from pai_patch.models.base import ModelSize
@@ -133,20 +133,26 @@ class HfSource:
 
 
 def hf_to_mcore(family: "ModelFamily", size_name: str | None, hf_dir: Path, out_dir: Path, *, tp: int = 1,
-                pp: int = 1, ep: int = 1, fmt: str = "torch_dist", dtype: str | None = None,
-                use_te: bool = False) -> Model:
-    """Convert an HF checkpoint into a Megatron-Core ``release`` checkpoint at ``out_dir``."""
+                pp: int = 1, ep: int = 1, vp: int | None = None, pp0_layers: int | None = None,
+                fmt: str = "torch_dist", dtype: str | None = None, use_te: bool = False) -> Model:
+    """Convert an HF checkpoint into a Megatron-Core ``release`` checkpoint at ``out_dir``.
+
+    ``vp`` (virtual-pipeline chunks per stage) and ``pp0_layers`` (layers on the first stage)
+    shape legacy files, which hold one rank's chunks; torch_dist loads at any layout.
+    """
     _ensure_absent(out_dir)
     model = Model.resolve(family, size_name, hf_dir)
-    check_layout(model.size, model.mapping, tp, pp, ep)
+    check_layout(model.size, model.mapping, tp, pp, ep, vp=vp, pp0_layers=pp0_layers)
     source = HfSource(model, hf_dir, DTYPES[dtype] if dtype else None)
     with atomic_path(out_dir, is_dir=True) as tmp:
         iter_dir = legacy.iteration_dir(tmp, None)
-        meta = {"family": family.name, "size": model.size.as_dict(), "tp": tp, "pp": pp, "ep": ep, "use_te": use_te}
+        meta = {"family": family.name, "size": model.size.as_dict(), "tp": tp, "pp": pp, "ep": ep, "vp": vp,
+                "pp0_layers": pp0_layers if pp > 1 else None, "use_te": use_te}
         if fmt == "torch_dist":
             _write_dist(model, source, iter_dir, meta)
         else:
-            _write_legacy(model, source, iter_dir, meta, tp, pp, ep, use_te)
+            layout = legacy.LegacyLayout(tp, pp, ep, vp or 1, meta["pp0_layers"])
+            _write_legacy(model, source, iter_dir, meta, layout, use_te)
         (tmp / legacy.TRACKER).write_text("release")
     return model
 
@@ -171,20 +177,21 @@ def _write_dist(model: Model, source: HfSource, iter_dir: Path, meta: dict) -> N
     writer.finish()
 
 
-def _write_legacy(model: Model, source: HfSource, iter_dir: Path, meta: dict, tp: int, pp: int, ep: int,
+def _write_legacy(model: Model, source: HfSource, iter_dir: Path, meta: dict, layout: legacy.LegacyLayout,
                   use_te: bool) -> None:
     """One pipeline stage in memory at a time (a rank file is a single ``torch.save``)."""
-    layers, experts = model.size.num_layers, model.num_experts
+    tp, pp, ep, experts = layout.tp, layout.pp, layout.ep, model.num_experts
+    stages = StageMap(model.size.num_layers, pp, layout.vp, layout.pp0_layers)
     embedding, output = model.mapping.tied
     by_stage: dict[int, list[Group]] = {}
     for group in model.groups:
-        by_stage.setdefault(stage_of(group, layers, pp), []).append(group)
+        by_stage.setdefault(stages.place(group)[0], []).append(group)
     bar = tqdm(total=len(model.groups), desc="hf2mcore", unit="group", dynamic_ncols=True)
     for stage in range(pp):
-        first_layer = stage_layers(layers, pp, stage).start
-        files: dict[tuple[int, int], dict[str, torch.Tensor]] = {(t, e): {} for t in range(tp) for e in range(ep)}
+        files = {(t, e): [{} for _ in range(layout.vp)] for t in range(tp) for e in range(ep)}
         for group in by_stage.get(stage, []):
             bar.set_postfix_str(group.name)
+            _, chunk, first_layer = stages.place(group)
             for item in group.items:
                 full = source.read(item)
                 layer = None if item.layer is None else item.layer - first_layer
@@ -196,16 +203,16 @@ def _write_legacy(model: Model, source: HfSource, iter_dir: Path, meta: dict, tp
                 for t in range(tp):
                     piece = shard(item.rule, full, tp, t)
                     for e in ep_ranks:
-                        files[(t, e)][name] = piece
+                        files[(t, e)][chunk][name] = piece
             bar.update()
         if stage == pp - 1 and stage > 0 and model.size.tie_embeddings:
             # megatron keeps the output layer on the last stage even when tied; it is synced to the embedding
             tied_item = next(i for g in model.groups for i in g.items if i.rule.mcore == embedding)
             full = source.read(tied_item)
-            for (t, _), state in files.items():
-                state[output] = shard(tied_item.rule, full, tp, t)
-        for (t, e), state in files.items():
-            legacy.save_file(legacy.LegacyLayout(tp, pp, ep).path(iter_dir, t, stage, e), state, meta, 0)
+            for (t, _), chunks in files.items():
+                chunks[-1][output] = shard(tied_item.rule, full, tp, t)
+        for (t, e), chunks in files.items():
+            legacy.save_file(layout.path(iter_dir, t, stage, e), chunks, meta, 0)
     bar.close()
 
 
@@ -219,7 +226,8 @@ class McoreSource:
         self.dist = dist.DistReader(self.iter_dir, **model.dist_layout) if dist.is_dist(self.iter_dir) else None
         if self.dist is None:
             self.layout = legacy.LegacyLayout.detect(self.iter_dir)
-            self._stage: tuple[int, dict[tuple[int, int], dict[str, torch.Tensor]]] | None = None
+            self.stages = StageMap(model.size.num_layers, self.layout.pp, self.layout.vp, self.layout.pp0_layers)
+            self._stage: tuple[int, dict[tuple[int, int], list[dict[str, torch.Tensor]]]] | None = None
         self._check()
 
     def _check(self) -> None:
@@ -234,7 +242,9 @@ class McoreSource:
                         raise ValueError(f"{self.iter_dir}: tensor {self.dist.key(item)} has shape {list(got)}, but "
                                          f"size {self.model.size.name} of {self.model.family.name} needs {list(want)}")
         if self.dist is None:
-            check_layout(self.model.size, self.model.mapping, self.layout.tp, self.layout.pp, self.layout.ep)
+            lay = self.layout
+            check_layout(self.model.size, self.model.mapping, lay.tp, lay.pp, lay.ep,
+                         vp=lay.vp if lay.vp > 1 else None, pp0_layers=lay.pp0_layers)
 
     def dtype(self) -> torch.dtype:
         first = self.model.groups[0].items[0]
@@ -255,13 +265,13 @@ class McoreSource:
                 for rows in blocks:  # one load per block keeps memory at one block
                     yield item, rows, self.dist.read([(item, rows)])[0]
             return
-        stage = stage_of(group, self.model.size.num_layers, self.layout.pp)
+        stage = self.stages.place(group)[0]
         files = self._load_stage(stage)
         for item in group.items:
-            full = self._legacy_full(item, files, stage)
+            full = self._legacy_full(item, group, files)
             yield item, slice(0, full.shape[0]), full
 
-    def _load_stage(self, stage: int) -> dict[tuple[int, int], dict[str, torch.Tensor]]:
+    def _load_stage(self, stage: int) -> dict[tuple[int, int], list[dict[str, torch.Tensor]]]:
         if self._stage is None or self._stage[0] != stage:
             self._stage = None  # drop the previous stage before loading the next
             lay = self.layout
@@ -270,30 +280,30 @@ class McoreSource:
                 for e in range(lay.ep):
                     path = lay.path(self.iter_dir, t, stage, e)
                     chunks = legacy.model_state(legacy.load_file(path), path)
-                    if len(chunks) != 1:
-                        raise ValueError(f"{path}: {len(chunks)} virtual-pipeline chunks; convert it with "
-                                         f"the trainer's torch_dist format instead")
-                    files[(t, e)] = chunks[0]
+                    if len(chunks) != lay.vp:
+                        raise ValueError(f"{path}: {len(chunks)} model chunk(s), but the checkpoint's layout "
+                                         f"({lay.describe()}) has {lay.vp} per rank file")
+                    files[(t, e)] = chunks
             self._check_names(stage, files)
             self._stage = (stage, files)
         return self._stage[1]
 
-    def _check_names(self, stage: int, files: dict[tuple[int, int], dict[str, torch.Tensor]]) -> None:
-        """Every tensor in a rank file must be one the mapping knows (or a TE ``_extra_state``)."""
-        first_layer = stage_layers(self.model.size.num_layers, self.layout.pp, stage).start
-        known = {self.model.mapping.tied[1]}
+    def _check_names(self, stage: int, files: dict[tuple[int, int], list[dict[str, torch.Tensor]]]) -> None:
+        """Every tensor in a rank file's chunk must be one the mapping knows (or a TE ``_extra_state``)."""
+        known: list[set[str]] = [set() for _ in range(self.layout.vp)]
+        known[-1].add(self.model.mapping.tied[1])
         for group in self.model.groups:
-            if stage_of(group, self.model.size.num_layers, self.layout.pp) != stage:
-                continue
-            for item in group.items:
-                for te in (False, True):
-                    known.add(self._name(item, first_layer, te))
-        for (t, e), state in files.items():
-            extra = sorted(k for k in state if k not in known and not k.endswith("._extra_state"))
-            if extra:
-                path = self.layout.path(self.iter_dir, t, stage, e)
-                raise ValueError(f"{path}: unexpected tensor {extra[0]} (not in the "
-                                 f"{self.model.family.name} mapping)" + _more(extra))
+            group_stage, chunk, first_layer = self.stages.place(group)
+            if group_stage == stage:
+                known[chunk].update(self._name(item, first_layer, te) for item in group.items for te in (False, True))
+        for (t, e), chunks in files.items():
+            for chunk, state in enumerate(chunks):
+                extra = sorted(k for k in state if k not in known[chunk] and not k.endswith("._extra_state"))
+                if extra:
+                    path = self.layout.path(self.iter_dir, t, stage, e)
+                    where = f" (chunk model{chunk})" if self.layout.vp > 1 else ""
+                    raise ValueError(f"{path}: unexpected tensor {extra[0]}{where} (not in the "
+                                     f"{self.model.family.name} mapping)" + _more(extra))
 
     def _name(self, item: Item, first_layer: int, te: bool) -> str:
         layer = None if item.layer is None else item.layer - first_layer
@@ -302,18 +312,19 @@ class McoreSource:
             expert = local_expert(item.expert, self.model.num_experts, self.layout.ep)[1]
         return item.mcore_name(te=te, layer=layer, expert=expert)
 
-    def _legacy_full(self, item: Item, files: dict[tuple[int, int], dict[str, torch.Tensor]],
-                     stage: int) -> torch.Tensor:
-        first_layer = stage_layers(self.model.size.num_layers, self.layout.pp, stage).start
+    def _legacy_full(self, item: Item, group: Group,
+                     files: dict[tuple[int, int], list[dict[str, torch.Tensor]]]) -> torch.Tensor:
+        stage, chunk, first_layer = self.stages.place(group)
         ep_rank = 0 if item.expert is None else local_expert(item.expert, self.model.num_experts, self.layout.ep)[0]
         pieces = []
         for t in range(self.layout.tp):
-            state = files[(t, ep_rank)]
+            state = files[(t, ep_rank)][chunk]
             names = [self._name(item, first_layer, te) for te in (False, True)]
             name = next((n for n in names if n in state), None)
             if name is None:
                 path = self.layout.path(self.iter_dir, t, stage, ep_rank)
-                raise ValueError(f"{path}: missing tensor {names[0]}")
+                where = f" (chunk model{chunk})" if self.layout.vp > 1 else ""
+                raise ValueError(f"{path}: missing tensor {names[0]}{where}")
             pieces.append(state[name])
         full = unshard(item.rule, pieces)
         want = self.model.full_shape(item)

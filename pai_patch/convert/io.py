@@ -1,8 +1,8 @@
 """Load a converted (or trained) Megatron-Core checkpoint into model chunks: the trainer's entry point.
 
-``torch_dist`` checkpoints load at any TP/PP/EP through each chunk's
-``sharded_state_dict()``; legacy ones hold one file per rank and so must match the run's
-layout.  Tensors named for the other layer spec (TE's fused layer norms vs the local
+``torch_dist`` checkpoints load at any TP/PP/EP/VP through each chunk's
+``sharded_state_dict()``; legacy ones hold one file per rank (its virtual-pipeline chunks
+as ``model0``, ``model1``, ...) and so must match the run's layout, as in Megatron-LM.  Tensors named for the other layer spec (TE's fused layer norms vs the local
 spec's separate ones) are renamed using every family's mapping, and ``_extra_state``
 entries (TE FP8 metadata) a checkpoint lacks are kept from the model.
 """
@@ -63,12 +63,14 @@ def _load_legacy(chunks: list[torch.nn.Module], iter_dir: Path, strict: bool) ->
     from megatron.core import parallel_state as ps
 
     layout = legacy.LegacyLayout.detect(iter_dir)
-    run = (ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size(),
-           ps.get_expert_model_parallel_world_size())
-    if (layout.tp, layout.pp, layout.ep) != run:
-        raise ValueError(f"{iter_dir}: legacy checkpoint written for TP={layout.tp} PP={layout.pp} EP={layout.ep}, "
-                         f"but this run uses TP={run[0]} PP={run[1]} EP={run[2]}; convert again with matching "
-                         "--tp/--pp/--ep, or use --format torch_dist, which loads at any layout")
+    pp = ps.get_pipeline_model_parallel_world_size()
+    run = legacy.LegacyLayout(ps.get_tensor_model_parallel_world_size(), pp,
+                              ps.get_expert_model_parallel_world_size(), len(chunks),
+                              chunks[0].config.num_layers_in_first_pipeline_stage if pp > 1 else None)
+    if layout != run:
+        raise ValueError(f"{iter_dir}: legacy checkpoint written for {layout.describe()}, but this run uses "
+                         f"{run.describe()}; convert again with matching --tp/--pp/--ep/--vp/--pp0-layers, "
+                         "or use --format torch_dist, which loads at any layout")
     path = layout.path(iter_dir, ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank(),
                        ps.get_expert_model_parallel_rank())
     states = legacy.model_state(legacy.load_file(path), path)

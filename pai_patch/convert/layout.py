@@ -68,27 +68,55 @@ def groups(mapping: WeightMapping, size: ModelSize) -> list[Group]:
 
 
 # ---- parallel layout ------------------------------------------------------------------
-def check_layout(size: ModelSize, mapping: WeightMapping, tp: int, pp: int, ep: int) -> None:
-    """The rules a converted checkpoint must satisfy to load at this TP/PP/EP (LayoutError names the rule)."""
+def check_layout(size: ModelSize, mapping: WeightMapping, tp: int, pp: int, ep: int, *, vp: int | None = None,
+                 pp0_layers: int | None = None) -> None:
+    """The rules a converted checkpoint must satisfy to load at this layout (LayoutError names the rule)."""
     experts = mapping.num_experts(size)
-    validate_layout(size, Runtime(tp=tp, pp=pp, ep=ep), tp * pp * ep, num_experts=experts or None,
-                    for_training=False)
+    validate_layout(size, Runtime(tp=tp, pp=pp, ep=ep, vp=vp, pp0_layers=pp0_layers), tp * pp * ep,
+                    num_experts=experts or None, for_training=False)
     padded = padded_vocab_size(size.vocab_size)
     if padded % tp:
         raise LayoutError(f"invalid parallel layout: TP={tp} must divide the padded vocabulary "
                           f"({size.vocab_size} padded to {padded})")
 
 
-def stage_layers(num_layers: int, pp: int, stage: int) -> range:
-    """Global layers held by pipeline stage ``stage`` (megatron's even split)."""
-    per = num_layers // pp
-    return range(stage * per, (stage + 1) * per)
+@dataclass(frozen=True)
+class StageMap:
+    """Which pipeline stage and virtual-pipeline chunk hold each decoder layer, and its number there.
 
+    Megatron-core's assignment (``get_transformer_layer_offset``): the first stage holds
+    ``pp0_layers`` layers and the others split the rest evenly; each stage's layers split
+    into ``vp`` equal chunks, and chunk ``c`` of every stage follows chunk ``c - 1`` of all
+    stages (PP=2, VP=2, 4 layers: stage 0 holds layers 0 and 2, stage 1 layers 1 and 3).
+    Legacy files number layers from 0 within each chunk.
+    """
 
-def stage_of(group: Group, num_layers: int, pp: int) -> int:
-    if group.layer is not None:
-        return group.layer // (num_layers // pp)
-    return 0 if group.stage is Stage.FIRST else pp - 1
+    num_layers: int
+    pp: int = 1
+    vp: int = 1
+    pp0_layers: int | None = None
+
+    def stage_size(self, stage: int) -> int:
+        if self.pp0_layers is None or self.pp == 1:
+            return self.num_layers // self.pp
+        return self.pp0_layers if stage == 0 else (self.num_layers - self.pp0_layers) // (self.pp - 1)
+
+    def layers(self, stage: int, chunk: int = 0) -> range:
+        """Global layers of virtual chunk ``chunk`` on pipeline stage ``stage``."""
+        per_chunk = [self.stage_size(s) // self.vp for s in range(self.pp)]
+        start = chunk * sum(per_chunk) + sum(per_chunk[:stage])
+        return range(start, start + per_chunk[stage])
+
+    def place(self, group: Group) -> tuple[int, int, int]:
+        """(stage, chunk, first local layer number) of ``group``: embeddings first, output layer last."""
+        if group.layer is None:
+            return (0, 0, 0) if group.stage is Stage.FIRST else (self.pp - 1, self.vp - 1, 0)
+        for stage in range(self.pp):
+            for chunk in range(self.vp):
+                held = self.layers(stage, chunk)
+                if group.layer in held:
+                    return stage, chunk, held.start
+        raise ValueError(f"layer {group.layer} is outside the model's {self.num_layers} layers")
 
 
 def local_expert(expert: int, num_experts: int, ep: int) -> tuple[int, int]:

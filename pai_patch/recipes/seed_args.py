@@ -157,6 +157,7 @@ def translate(script: str, argv: list[str], env: Mapping[str, str] = os.environ)
         overrides.append(f"{arg.key.format(stage=stage)}={_fmt(value)}")
     overrides += _budget(script, stage, values)
     overrides += _environment(stage, env, notes)
+    overrides += _virtual_pipeline(recipe, values, env)
     if stage == "sft" and script == "run_finetune_megatron_llama":
         overrides.append("sft.data.type=raw")
     return stage, overrides, notes
@@ -183,8 +184,7 @@ def _environment(stage: str, env: Mapping[str, str], notes: list[str]) -> list[s
         if env["MP_DATASET_TYPE"] not in ("raw", "mmap"):
             raise ConfigError(f"MP_DATASET_TYPE={env['MP_DATASET_TYPE']!r}; allowed: raw, mmap")
         out.append(f"{stage}.data.type={env['MP_DATASET_TYPE']}")
-    for var, key in (("MP_AC_LAYERS", f"{stage}.train.recompute_layers"), ("MP_VP", "parallel.vp"),
-                     ("MP_PP0_LAYERS", "parallel.pp0_layers")):
+    for var, key in (("MP_AC_LAYERS", f"{stage}.train.recompute_layers"), ("MP_PP0_LAYERS", "parallel.pp0_layers")):
         if env.get(var):
             if not env[var].isdigit():
                 raise ConfigError(f"{var}={env[var]!r}; expected a positive integer")
@@ -194,6 +194,24 @@ def _environment(stage: str, env: Mapping[str, str], notes: list[str]) -> list[s
             raise ConfigError(f"MP_SFT_PACKING={env['MP_SFT_PACKING']!r}; allowed: true, false")
         out.append(f"{stage}.data.pack={env['MP_SFT_PACKING']}")
     return out
+
+
+def _virtual_pipeline(recipe: str, values: Mapping[str, object], env: Mapping[str, str]) -> list[str]:
+    """MP_VP is Megatron-LM's ``--num-layers-per-virtual-pipeline-stage`` (layers per chunk, as the
+    original launchers pass it); megatron-core wants the chunks per stage: layers / PP / MP_VP."""
+    text = env.get("MP_VP")
+    if not text:
+        return []
+    if not text.isdigit() or int(text) == 0:
+        raise ConfigError(f"MP_VP={text!r}; expected a positive integer (layers per virtual pipeline stage)")
+    from pai_patch.models import get_family
+
+    layers, pp = get_family(recipe).size(str(values["MODEL_SIZE"])).num_layers, int(values.get("PP", 1))
+    if layers % (pp * int(text)):
+        raise ConfigError(f"MP_VP={text}: layers per virtual pipeline stage must divide the layers per pipeline "
+                          f"stage ({layers} layers / PP={pp})")
+    chunks = layers // pp // int(text)
+    return [f"parallel.vp={chunks}"] if chunks > 1 else []  # one chunk per stage is the plain pipeline
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

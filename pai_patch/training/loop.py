@@ -76,6 +76,11 @@ def _build_chunks(cfg: TrainConfig, rt) -> list[torch.nn.Module]:
     size = family.size(cfg.model.size)
     tconfig = family.transformer_config(size, rt)
     tconfig.calculate_per_token_loss = True
+    # With PP=2 both neighbours are the same rank, and the interleaved (VP) schedule sends it an
+    # activation and a gradient of one shape at once: batched isend/irecv pairs them in a different
+    # order on each side and silently swaps them.  Megatron-LM's VP default (overlap_p2p_comm) uses
+    # the unbatched ops, which pair them through two groups.
+    tconfig.batch_p2p_comm = rt.vp is None
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True, overlap_grad_reduce=False,
         use_distributed_optimizer=cfg.parallel.distributed_optimizer, average_in_collective=False,
