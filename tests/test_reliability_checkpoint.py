@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from pai_patch.training import checkpointing as ck
+from pai_patch.utils import write_text_atomic
 
 
 @pytest.fixture
 def fake_save(monkeypatch):
-    """dist_checkpointing.save replaced by a writer of two small files (contents from ``payload``)."""
-    from megatron.core import dist_checkpointing
-
+    """megatron-core's write replaced by a writer of two small files (contents from ``payload``),
+    still run through the save's agreement step so a failure takes the real error path."""
     calls = {"fail": None, "payload": b"x" * 1000}
 
     def save(state, directory):  # noqa: ANN001
@@ -28,7 +28,8 @@ def fake_save(monkeypatch):
         Path(directory, "__0_0.distcp").write_bytes(calls["payload"] + str(state["iteration"]).encode())
         Path(directory, "common.pt").write_bytes(b"common")
 
-    monkeypatch.setattr(dist_checkpointing, "save", save)
+    monkeypatch.setattr(ck, "_write_state", lambda state, directory, root: ck._on_all_ranks(
+        lambda: save(state, directory), root))
     monkeypatch.setattr(ck, "_state", lambda *a, extra, **k: dict(extra))
     return calls
 
@@ -130,17 +131,13 @@ def test_kill_between_rename_and_tracker_update(tmp_path, fake_save, monkeypatch
     monkeypatch.setattr(ck, "write_text_atomic", killed)
     with pytest.raises(ck.CheckpointError):
         _save(tmp_path, 4)
-    monkeypatch.undo()
+    monkeypatch.setattr(ck, "write_text_atomic", write_text_atomic)
     assert ck.read_tracker(tmp_path) == 2
     assert (tmp_path / "iter_0000004" / ck.MARKER).is_file()  # complete, but not latest
-    from megatron.core import dist_checkpointing
-
-    fake_save["payload"] = b"y" * 1000
-    monkeypatch.setattr(dist_checkpointing, "save", lambda state, d: Path(d, "__0_0.distcp").write_bytes(b"new"))
-    monkeypatch.setattr(ck, "_state", lambda *a, extra, **k: dict(extra))
+    fake_save["payload"] = b"new"
     _save(tmp_path, 4, keep_last=1)
     assert ck.read_tracker(tmp_path) == 4
-    assert (tmp_path / "iter_0000004" / "__0_0.distcp").read_bytes() == b"new"
+    assert (tmp_path / "iter_0000004" / "__0_0.distcp").read_bytes() == b"new4"
     assert not (tmp_path / "iter_0000002").exists()
     assert not list(tmp_path.glob(".trash-*"))
 
@@ -179,3 +176,27 @@ def test_checkpoint_error_is_a_one_line_cli_error(tmp_path):
     with pytest.raises(CliError, match="expected an iteration number or 'release', found 'seven'"):
         ck.read_tracker(tmp_path)
     assert os.path.basename(ck.TRACKER) == "latest_checkpointed_iteration.txt"
+
+
+def test_every_rank_reports_the_rank_whose_write_failed(tmp_path, monkeypatch):
+    """torch's sharded write blames rank 1 on the coordinator (rank 0) and nobody on rank 1; both
+    ranks then raise the same line naming rank 1, with rank 1's own disk hint."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    monkeypatch.setattr(ck, "_world", lambda: (0, 2))
+    on_rank0 = ck._failure(CheckpointException("write", {1: (RuntimeError("Worker failure: pos 704"), None)}),
+                           tmp_path)
+    assert on_rank0.blamed == (1,) and on_rank0.reason == "RuntimeError: Worker failure: pos 704"
+    on_rank1 = ck._Failure(" (file size limit reached: ulimit -f allows 1048576 bytes per file)",
+                           "CheckpointException ranks:dict_keys([])", ())
+    text = str(ck._save_error(tmp_path / "iter_0000004", tmp_path, {0: on_rank0, 1: on_rank1}))
+    assert text == (f"saving {tmp_path / 'iter_0000004'} failed on rank 1 (file size limit reached: ulimit -f "
+                    "allows 1048576 bytes per file): RuntimeError: Worker failure: pos 704; no checkpoint kept")
+
+
+def test_rank0_only_write_failure_is_named(tmp_path, monkeypatch):
+    """common.pt / the marker are rank 0's alone: its failure is reported as rank 0's on every rank."""
+    monkeypatch.setattr(ck, "_world", lambda: (1, 2))
+    failure = ck._Failure(" (disk full or over quota)", "[Errno 28] No space left on device", (0,))
+    text = str(ck._save_error(tmp_path / "iter_0000002", tmp_path, {0: failure}))
+    assert text.startswith(f"saving {tmp_path / 'iter_0000002'} failed on rank 0 (disk full or over quota): ")

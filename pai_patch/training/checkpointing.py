@@ -21,8 +21,9 @@ import os
 import shutil
 import uuid
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -105,20 +106,21 @@ def _checkpoint_files(directory: Path) -> list[Path]:
     return [p for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MARKER]
 
 
-def describe_files(directory: Path) -> dict[str, dict[str, int]]:
-    """Size and CRC-32 of every file, the reading split over the ranks (each reads 1/world)."""
+def _describe_share(directory: Path) -> dict[str, dict[str, int]]:
+    """Size and CRC-32 of this rank's share of the files (rank r reads every world-th file)."""
     rank, world = _world()
-    files = _checkpoint_files(directory)
-    mine = {str(p.relative_to(directory)): {"size": p.stat().st_size, "crc32": file_crc32(p)}
-            for i, p in enumerate(files) if i % world == rank}
+    return {str(p.relative_to(directory)): {"size": p.stat().st_size, "crc32": file_crc32(p)}
+            for i, p in enumerate(_checkpoint_files(directory)) if i % world == rank}
+
+
+def _merge(shares: list[dict[str, dict[str, int]]]) -> dict[str, dict[str, int]]:
     merged: dict[str, dict[str, int]] = {}
-    for part in _gather(mine):
-        merged.update(part)
+    for share in shares:
+        merged.update(share)
     return dict(sorted(merged.items()))
 
 
-def write_marker(directory: Path, files: dict[str, dict[str, int]] | None = None) -> None:
-    files = describe_files(directory) if files is None else files
+def write_marker(directory: Path, files: dict[str, dict[str, int]]) -> None:
     marker = directory / MARKER
     with open(marker, "w", encoding="utf-8") as handle:
         handle.write(json.dumps({"files": files}, indent=1))
@@ -211,11 +213,12 @@ def _state(model_chunks, optimizer, scheduler, *, is_loading: bool, extra: dict[
 
     rank, world = dist.get_rank(), dist.get_world_size()
     state = _model_state(model_chunks)
-    # kept nested: virtual-pipeline chunks reuse local names (``decoder.layers.0``), so merging would drop one
-    models = dict(state)
+    merged: dict[str, Any] = {}
+    for chunk_state in state.values():
+        merged.update(chunk_state)
     # fully_reshardable: the distributed optimizer's state loads at any other DP/TP/PP layout
     state["optimizer"] = optimizer.sharded_state_dict(
-        models, is_loading=is_loading, metadata={"distrib_optim_sharding_type": "fully_reshardable"})
+        merged, is_loading=is_loading, metadata={"distrib_optim_sharding_type": "fully_reshardable"})
     state["opt_param_scheduler"] = scheduler.state_dict()
     state["rng_state"] = ShardedObject("rng_state", _rng_state(), (world,), (rank,), replica_id=0)
     state["checkpoint_version"] = CHECKPOINT_VERSION
@@ -230,6 +233,88 @@ def _agree(local: bool) -> bool:
     flag = torch.tensor([1.0 if local else 0.0])
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return bool(flag.item())
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """One rank's failed save step: the disk hint (may be empty), the reason, and the ranks the
+    error blames — itself, or for torch's CheckpointException the ranks it lists (torch reports
+    another rank's failed write on the coordinator, and an empty list on the other ranks)."""
+
+    hint: str
+    reason: str
+    blamed: tuple[int, ...]
+
+
+class _RankFailures(Exception):
+    """A save step failed on some ranks; raised on every rank with each failed rank's ``_Failure``."""
+
+    def __init__(self, failures: dict[int, _Failure]) -> None:
+        super().__init__("; ".join(f"rank {r}: {f.reason}" for r, f in failures.items()))
+        self.failures = failures
+
+
+def _failure(err: BaseException, root: Path) -> _Failure:
+    listed = getattr(err, "failures", None)  # torch.distributed.checkpoint's CheckpointException
+    if isinstance(listed, dict):
+        causes = [c[0] if isinstance(c, tuple) else c for c in listed.values()]
+        reason = f"{type(causes[0]).__name__}: {_one_line(causes[0])}" if causes else _one_line(err)
+        return _Failure(_disk_hint(err, root), reason, tuple(sorted(listed)))
+    return _Failure(_disk_hint(err, root), _one_line(err), (_world()[0],))
+
+
+def _on_all_ranks(step: Callable[[], Any], root: Path) -> Any:
+    """Run ``step`` here, agree with every rank on how it went, return its local result.
+
+    A step one rank fails while the others succeed (disk full or read-only on one node, a
+    rank-0-only write) would otherwise leave the others waiting in the next collective for a
+    rank that already gave up; after this exchange all ranks raise the same ``_RankFailures``."""
+    result, failure = None, None
+    try:
+        result = step()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as err:  # noqa: BLE001 - torch's CheckpointException is a BaseException
+        failure = _failure(err, root)
+    failures = {rank: f for rank, f in enumerate(_gather(failure)) if f is not None}
+    if failures:
+        raise _RankFailures(failures)
+    return result
+
+
+def _write_state(state: dict[str, Any], directory: Path, root: Path) -> None:
+    """megatron-core's ``dist_checkpointing.save``, step by step, each step agreed on by all ranks.
+
+    Rank 0 alone writes ``common.pt`` and ``metadata.json``, and torch's sharded write ends
+    in collectives; megatron-core's own ``save`` runs these back to back, so one rank's failed
+    write leaves the others blocked in the next collective.  Same files, same order."""
+    from megatron.core.dist_checkpointing.core import CheckpointingConfig, save_config
+    from megatron.core.dist_checkpointing.serialization import (
+        get_default_save_common_strategy,
+        get_default_save_sharded_strategy,
+    )
+    from megatron.core.dist_checkpointing.state_dict_utils import save_preprocess
+
+    sharded_strategy, common_strategy = get_default_save_sharded_strategy(), get_default_save_common_strategy()
+    sharded, common = save_preprocess(state)  # collectives only: every rank gets here
+    _on_all_ranks(lambda: common_strategy.save_common(common, str(directory)), root)
+    _on_all_ranks(lambda: sharded_strategy.save(sharded, str(directory)), root)
+    config = CheckpointingConfig(sharded_strategy.backend, sharded_strategy.version)
+    _on_all_ranks(lambda: _world()[0] == 0 and save_config(config, str(directory)), root)
+
+
+def _save_error(final: Path, root: Path, failures: dict[int, _Failure]) -> CheckpointError:
+    """One message for every rank: the rank(s) whose write failed, why (the most specific
+    reason and disk hint any rank reported), and which checkpoint stays latest."""
+    kept = read_tracker(root)
+    kept_text = f"{iteration_dir(root, kept)} is kept as latest" if kept is not None else "no checkpoint kept"
+    culprits = sorted({r for f in failures.values() for r in f.blamed}) or sorted(failures)
+    explained = [f for f in failures.values() if f.blamed]  # torch's coordinator names the cause
+    reason = (explained or list(failures.values()))[0].reason
+    hints = [failures[r].hint for r in culprits if r in failures] + [f.hint for f in failures.values()]
+    hint = next((h for h in hints if h), "")
+    where = "" if _world()[1] == 1 else f" on rank{'s' if len(culprits) > 1 else ''} {', '.join(map(str, culprits))}"
+    return CheckpointError(f"saving {final} failed{where}{hint}: {reason}; {kept_text}")
 
 
 def _broadcast(obj: Any) -> Any:
@@ -296,10 +381,9 @@ def save_checkpoint(root: str | Path, iteration: int, model_chunks, optimizer, s
     The files go to a uniquely named ``.tmp-iter_N-<token>`` directory (an orphaned writer
     of a killed run can never write into a later attempt's), are checksummed into
     ``COMPLETE.json``, fsynced, renamed to ``iter_N``; only then is the tracker replaced.
-    A failure (disk full, quota) removes the temporary directory and raises
-    CheckpointError; the previous checkpoint stays ``latest``."""
-    from megatron.core import dist_checkpointing
-
+    Every step ends with all ranks agreeing on its outcome, so a failure on any rank (disk
+    full, quota, permission) makes every rank remove the temporary directory and raise the
+    same CheckpointError naming the failed rank; the previous checkpoint stays ``latest``."""
     root = Path(root)
     final = iteration_dir(root, iteration)
     rank = _world()[0]
@@ -310,41 +394,34 @@ def save_checkpoint(root: str | Path, iteration: int, model_chunks, optimizer, s
         return final
     token = _broadcast(uuid.uuid4().hex[:12] if rank == 0 else None)
     tmp = root / f".tmp-{final.name}-{token}"
-    if rank == 0:
-        root.mkdir(parents=True, exist_ok=True)
-        _clean_stale(root)
-        tmp.mkdir()
-    if _world()[1] > 1:
-        dist.barrier()
-    failure: BaseException | None = None
+
+    def make_tmp() -> None:
+        if rank == 0:
+            root.mkdir(parents=True, exist_ok=True)
+            _clean_stale(root)
+            tmp.mkdir()
+
+    def commit(files: dict[str, dict[str, int]]) -> None:
+        if rank == 0:
+            write_marker(tmp, files)
+            fsync_tree(tmp)
+            _remove(final)  # a stale iter_N of a killed run (renamed, tracker not yet updated)
+            os.replace(tmp, final)
+            fsync_dir(root)
+            write_text_atomic(root / TRACKER, f"{iteration}\n")
+
     try:
+        _on_all_ranks(make_tmp, root)
         extra = {"iteration": iteration, "consumed_samples": consumed_samples, "world_size": world_size}
-        state = _state(model_chunks, optimizer, scheduler, is_loading=False, extra=extra)
-        dist_checkpointing.save(state, str(tmp))
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as err:  # noqa: BLE001 - torch's CheckpointException is a BaseException
-        failure = err
-    if not _agree(failure is not None):
-        try:
-            files = describe_files(tmp)
-            if rank == 0:
-                write_marker(tmp, files)
-                fsync_tree(tmp)
-                _remove(final)  # a stale iter_N of a killed run (renamed, tracker not yet updated)
-                os.replace(tmp, final)
-                fsync_dir(root)
-                write_text_atomic(root / TRACKER, f"{iteration}\n")
-        except Exception as err:  # noqa: BLE001
-            failure = err
-    if _agree(failure is not None):
+        state = _on_all_ranks(lambda: _state(model_chunks, optimizer, scheduler, is_loading=False, extra=extra),
+                              root)
+        _write_state(state, tmp, root)
+        files = _merge(_gather(_on_all_ranks(lambda: _describe_share(tmp), root)))
+        _on_all_ranks(lambda: commit(files), root)
+    except _RankFailures as err:
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
-        kept = read_tracker(root)
-        kept_text = f"{iteration_dir(root, kept)} is kept as latest" if kept is not None else "no checkpoint kept"
-        reason = _one_line(failure) if failure is not None else "another rank failed to write its shard"
-        hint = _disk_hint(failure, root) if failure is not None else ""
-        raise CheckpointError(f"saving {final} failed{hint}: {reason}; {kept_text}")
+        raise _save_error(final, root, err.failures) from None
     if rank == 0 and keep_last:
         _apply_retention(root, keep_last)
     if _world()[1] > 1:

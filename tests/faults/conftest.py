@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
-from harness import COUNTS, REPO, Zygote, train_args
+from harness import COUNTS, REPO, Zygote, fresh_dir, train_args
 
 
 @pytest.fixture(scope="session")
@@ -43,9 +42,7 @@ class References:
         if name not in self.done:
             from harness import launch_process
 
-            out = self.work / f"ref-{name}"
-            shutil.rmtree(out, ignore_errors=True)
-            out.mkdir()
+            out = fresh_dir(self.work / f"ref-{name}")
             argv = train_args(out, self.data, iters, *extra)
             run = launch_process(argv, out / "log", torchrun=True) if torchrun else self.zygote.launch(argv, out / "log")
             rc = run.wait(600)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -131,14 +132,20 @@ class Zygote:
         self.proc.wait(30)
 
 
-def launch_process(argv: list[str], log: Path, *, torchrun: bool = False) -> Run:
-    """A plain ``python -m pai_patch`` process, or ``torchrun --nproc_per_node 2`` (gloo)."""
+def launch_process(argv: list[str], log: Path, *, torchrun: bool = False,
+                   limit_rank: tuple[int, int] | None = None) -> Run:
+    """A plain ``python -m pai_patch`` process, or ``torchrun --nproc_per_node 2`` (gloo).
+
+    ``limit_rank=(rank, bytes)``: under torchrun, that rank alone may write no file larger
+    than ``bytes`` (``limit_rank.py``), a full disk on one rank."""
     if torchrun:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
+        entry = ["-m", "pai_patch"] if limit_rank is None else \
+            [str(Path(__file__).with_name("limit_rank.py")), *map(str, limit_rank)]
         cmd = [PY, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(port), "-m", "pai_patch", *argv]
+               "--master_port", str(port), *entry, *argv]
     else:
         cmd = [PY, "-m", "pai_patch", *argv]
     handle = open(log, "ab")
@@ -146,6 +153,25 @@ def launch_process(argv: list[str], log: Path, *, torchrun: bool = False) -> Run
                              stdin=subprocess.DEVNULL, start_new_session=True)
     handle.close()
     return Run(popen.pid, log, popen=popen)
+
+
+def error_line(run: Run, timeout: float = 300) -> str:
+    """The one ``error:`` line a run that stopped on bad input or a fault ends with (exit status 2,
+    no traceback)."""
+    rc = run.wait(timeout)
+    text = run.text()
+    assert rc == 2, f"exit status {rc}, expected 2:\n{text[-3000:]}"
+    assert "Traceback" not in text, text[-3000:]
+    line = [line for line in text.splitlines() if line.strip()][-1]
+    assert line.startswith("error: "), line
+    return line
+
+
+def fresh_dir(path: Path) -> Path:
+    """``path`` as a new empty directory (a rerun of a test starts clean)."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
 
 
 # ---- what a run left -------------------------------------------------------------------

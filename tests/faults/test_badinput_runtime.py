@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
-from harness import losses, tracker, train_args
+from harness import error_line, fresh_dir, losses, tracker, train_args
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from test_badinput_cli import RUNTIME_CASES, normalize, substitute  # noqa: E402
@@ -17,21 +16,11 @@ from test_badinput_cli import RUNTIME_CASES, normalize, substitute  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
-def _error_line(run) -> str:  # noqa: ANN001
-    rc = run.wait()
-    text = run.text()
-    assert rc == 2, f"exit status {rc}:\n{text[-3000:]}"
-    assert "Traceback" not in text, text[-3000:]
-    return [line for line in text.splitlines() if line.strip()][-1]
-
-
 @pytest.fixture(scope="module")
 def scratch(work: Path, zygote, data_prefix) -> Path:
-    base = work / "badinput"
-    shutil.rmtree(base, ignore_errors=True)
-    (base / "empty").mkdir(parents=True)
-    llama = base / "llama"
-    llama.mkdir()
+    base = fresh_dir(work / "badinput")
+    (base / "empty").mkdir()
+    llama = fresh_dir(base / "llama")
     argv = ["train", "model.family=llama2", "model.size=tiny", "train.seq_length=32", "train.global_batch_size=4",
             "train.micro_batch_size=2", "train.train_iters=1", f"data.train_path={data_prefix}", f"output_dir={llama}"]
     assert zygote.launch(argv, llama / "log").wait() == 0
@@ -40,14 +29,12 @@ def scratch(work: Path, zygote, data_prefix) -> Path:
 
 @pytest.mark.parametrize("what,extra,message", RUNTIME_CASES, ids=[c[0] for c in RUNTIME_CASES])
 def test_runtime_bad_input(what, extra, message, scratch, zygote, data_prefix):
-    out = scratch / f"run-{abs(hash(what))}"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir()
+    out = fresh_dir(scratch / f"run-{abs(hash(what))}")
     extras = substitute(extra, scratch).split()
     data = [e for e in extras if e.startswith("data.train_path=")]
     argv = train_args(out, data[0].split("=", 1)[1] if data else data_prefix, 2,
                       *[e for e in extras if not e.startswith("data.train_path=")])
-    line = _error_line(zygote.launch(argv, out / "log"))
+    line = error_line(zygote.launch(argv, out / "log"))
     assert normalize(line, scratch) == message
 
 
@@ -55,9 +42,7 @@ def test_damaged_latest_checkpoint_is_named_and_never_loaded(zygote, references,
     """Flip bytes (same size) in the latest checkpoint: the CRC check names the file and the
     older checkpoint; pointing the tracker at that one resumes exactly."""
     ref = references.get("every-step", 10, "checkpoint.save_interval=1")
-    out = work / "damaged"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir()
+    out = fresh_dir(work / "damaged")
     root = out / "checkpoint"
     argv = train_args(out, data_prefix, 10, "checkpoint.save_interval=2")
     assert zygote.launch([*argv, "train.exit_interval=4"], out / "log1").wait() == 0
@@ -66,7 +51,7 @@ def test_damaged_latest_checkpoint_is_named_and_never_loaded(zygote, references,
     raw = bytearray(shard.read_bytes())
     raw[len(raw) // 2: len(raw) // 2 + 8] = bytes(8)
     shard.write_bytes(bytes(raw))
-    line = _error_line(zygote.launch(argv, out / "log2"))
+    line = error_line(zygote.launch(argv, out / "log2"))
     assert line.startswith(f"error: {shard}: CRC-32 "), line
     assert f"the file is corrupt (resuming from {root / 'latest_checkpointed_iteration.txt'} = 4)" in line
     assert "other checkpoints here: iter_0000002" in line

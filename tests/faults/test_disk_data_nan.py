@@ -10,37 +10,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import audit, losses, tracker, train_args
+from harness import audit, error_line, fresh_dir, losses, tracker, train_args
 
 pytestmark = pytest.mark.slow
 
 
-def last_line(text: str) -> str:
-    lines = [line for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else ""
-
-
-def one_line_error(run, rc: int) -> str:
-    text = run.text()
-    assert rc == 2, f"expected exit status 2, got {rc}:\n{text[-3000:]}"
-    assert "Traceback" not in text, text[-3000:]
-    line = last_line(text)
-    assert line.startswith("error: "), line
-    return line
-
-
 def test_disk_full_during_save_keeps_previous_checkpoint(zygote, references, work, data_prefix):
     ref = references.get("every-step", 10, "checkpoint.save_interval=1")
-    out = work / "disk-full"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir()
+    out = fresh_dir(work / "disk-full")
     root = out / "checkpoint"
     common = train_args(out, data_prefix, 10, "checkpoint.save_interval=2")
     assert zygote.launch([*common, "train.exit_interval=2"], out / "log1").wait() == 0
     assert tracker(root) == 2
     # every file the save writes is capped at 1 MiB (the model shard is ~6 MiB): the disk is "full"
     run = zygote.launch(common, out / "log2", fsize=1 << 20)
-    line = one_line_error(run, run.wait())
+    line = error_line(run)
     assert "iter_0000004 failed (file size limit reached" in line, line
     assert "iter_0000002 is kept as latest" in line, line
     assert tracker(root) == 2
@@ -67,8 +51,7 @@ def _copy_dataset(prefix: str, dest: Path) -> str:
     ("bin-truncated", "ds.bin has 1000 bytes but"),
 ])
 def test_corrupt_dataset_names_the_file(zygote, work, data_prefix, damage, expected):
-    out = work / f"data-{damage}"
-    shutil.rmtree(out, ignore_errors=True)
+    out = fresh_dir(work / f"data-{damage}")
     prefix = _copy_dataset(data_prefix, out / "data")
     idx, binf = Path(prefix + ".idx"), Path(prefix + ".bin")
     raw = idx.read_bytes()
@@ -81,7 +64,7 @@ def test_corrupt_dataset_names_the_file(zygote, work, data_prefix, damage, expec
     else:
         binf.write_bytes(binf.read_bytes()[:1000])
     run = zygote.launch(train_args(out, prefix, 4), out / "log")
-    line = one_line_error(run, run.wait())
+    line = error_line(run)
     assert expected in line, line
     assert "data.train_path" in line
     assert not (out / "checkpoint").exists()
@@ -90,27 +73,24 @@ def test_corrupt_dataset_names_the_file(zygote, work, data_prefix, damage, expec
 def test_dataset_too_short_for_one_sample(zygote, work):
     from pai_patch.data.indexed import IndexedWriter
 
-    out = work / "data-short"
-    shutil.rmtree(out, ignore_errors=True)
-    (out / "data").mkdir(parents=True)
+    out = fresh_dir(work / "data-short")
+    (out / "data").mkdir()
     prefix = str(out / "data" / "short")
     writer = IndexedWriter(prefix + ".bin", np.uint16)
     writer.add_document(np.arange(5, 15, dtype=np.uint16), [10])  # 10 tokens; one sample needs 33
     writer.finalize(prefix + ".idx")
     run = zygote.launch(train_args(out, prefix, 4), out / "log")
-    line = one_line_error(run, run.wait())
+    line = error_line(run)
     assert "short" in line and "tokens" in line, line
 
 
 @pytest.mark.parametrize("budget", [0, 1])
 def test_nan_guard_names_iteration_and_rank(zygote, work, data_prefix, budget):
-    out = work / f"nan-{budget}"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir()
+    out = fresh_dir(work / f"nan-{budget}")
     argv = train_args(out, data_prefix, 8, "optim.lr=1e12", "optim.min_lr=1e12", "optim.clip_grad=0",
                       "optim.lr_decay_style=constant", f"train.nan_skip_budget={budget}")
     run = zygote.launch(argv, out / "log")
-    line = one_line_error(run, run.wait())
+    line = error_line(run)
     assert "non-finite loss at iteration" in line and "on rank(s) 0" in line, line
     assert f"skip budget {budget} used up" in line
     if budget:

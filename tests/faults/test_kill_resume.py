@@ -5,13 +5,12 @@ uninterrupted run exactly and that no checkpoint directory left behind loads wro
 from __future__ import annotations
 
 import random
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 
-from harness import COUNTS, Run, audit, launch_process, losses, metric_lines, tracker, train_args
+from harness import COUNTS, Run, audit, fresh_dir, launch_process, losses, metric_lines, tracker, train_args
 
 pytestmark = pytest.mark.slow
 SEED = 20240909
@@ -111,9 +110,7 @@ def kill_chain(launch, ref_out: Path, out: Path, argv: list[str], *, kills: int,
 def test_kill9_single_process(zygote, references, work, data_prefix, name, iters, extra, kills, modes):
     ref_extra = tuple(e for e in extra if not e.startswith("checkpoint.keep_last"))
     ref = references.get(name, iters, *ref_extra)
-    out = work / f"kill-{name}"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir()
+    out = fresh_dir(work / f"kill-{name}")
     argv = train_args(out, data_prefix, iters, *extra)
     made = kill_chain(zygote.launch, ref, out, argv, kills=kills, rng=random.Random(f"{SEED}-{name}"), modes=modes,
                       iters=iters)
@@ -124,9 +121,7 @@ def test_kill9_plain_process_during_save(zygote, references, work, data_prefix):
     """The same through a plain ``python -m pai_patch train`` process (no fork server); the
     resume runs from the fork server."""
     ref = references.get("every-step", 10, "checkpoint.save_interval=1")
-    out = work / "kill-plain"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir()
+    out = fresh_dir(work / "kill-plain")
     argv = train_args(out, data_prefix, 10, "checkpoint.save_interval=1", "checkpoint.keep_last=2")
     launches = []
 
@@ -145,9 +140,7 @@ def test_sigterm_saves_at_step_boundary_then_resumes_exactly(zygote, references,
     import signal
 
     ref = references.get("every-step", 10, "checkpoint.save_interval=1")
-    out = work / "sigterm"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir()
+    out = fresh_dir(work / "sigterm")
     root = out / "checkpoint"
     argv = train_args(out, data_prefix, 10, "checkpoint.save_interval=4")
     run = zygote.launch(argv, out / "log1")

@@ -4,13 +4,13 @@ checkpoint save, and one worker between steps; resume each time under torchrun."
 from __future__ import annotations
 
 import random
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 
-from harness import COUNTS, audit, children_of, launch_process, losses, metric_lines, tracker, train_args
+from harness import (COUNTS, audit, children_of, fresh_dir, launch_process, losses, metric_lines, tracker,
+                     train_args)
 
 pytestmark = [pytest.mark.slow, pytest.mark.dist]
 ITERS = 8
@@ -39,9 +39,7 @@ def test_kill9_torchrun(references, work, data_prefix):
     # so the uninterrupted reference is the single-process run of the same job
     ref = references.get("interval-2-8", ITERS, *EXTRA)
     want = {i: v[0] for i, v in losses(ref).items()}
-    out = work / "kill-torchrun"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir()
+    out = fresh_dir(work / "kill-torchrun")
     root = out / "checkpoint"
     argv = train_args(out, data_prefix, ITERS, *EXTRA)
     rng = random.Random(20240909)
