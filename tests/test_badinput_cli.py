@@ -113,7 +113,8 @@ RUNTIME_CASES: list[tuple[str, str, str]] = [
      "(and 3 more)"),
 ]
 
-#: documented here, checked by the fault suite (tests/faults/test_disk_data_nan.py, test_checkpoint_damage)
+#: documented here, checked by the fault suite (tests/faults/test_disk_data_nan.py, test_save_rank_failure.py,
+#: test_badinput_runtime.py) and tests/test_reliability_vocab.py
 FAULT_ROWS: list[tuple[str, str]] = [
     ("train: corrupt `.idx` (cut short)", "error: data.train_path: `<prefix>.idx`: N bytes, but the header's S "
      "sequences and D document indices need M"),
@@ -123,12 +124,23 @@ FAULT_ROWS: list[tuple[str, str]] = [
      "the .bin is truncated or belongs to another index"),
     ("train: dataset shorter than one sample", "error: data.train_path: `<prefix>.bin` holds N tokens in D "
      "documents, fewer than one training sample needs (seq_length + 1 = S)"),
-    ("train: disk full / quota / `ulimit -f` during a save", "error: saving `<save>/iter_N` failed (file size "
-     "limit reached: ...): <cause>; `<save>/iter_P` is kept as latest"),
+    ("train: disk full / quota / `ulimit -f` during a save (under torchrun: on one rank only, every rank "
+     "prints it)", "error: saving `<save>/iter_N` failed [on rank R] (file size limit reached: ...): <cause>; "
+     "`<save>/iter_P` is kept as latest"),
     ("train: latest checkpoint damaged (file missing / truncated / flipped bits)", "error: `<file>`: CRC-32 X, "
      "expected Y; the file is corrupt (resuming from `<save>/latest_checkpointed_iteration.txt` = N); other "
      "checkpoints here: iter_P (write one's iteration into ... to resume from it)"),
     ("train: loss NaN/Inf", "error: non-finite loss at iteration N on rank(s) R (skip budget B used up)"),
+    ("train: tokenizer with more ids than the model's embedding", "error: data.tokenizer: `<tokenizer>` (N ids, "
+     "fingerprint F) has more ids than model `<family>` `<size>` has embedding rows (R: vocab_size V padded to a "
+     "multiple of 128); use the tokenizer of this model"),
+    ("train: data tokenized with another tokenizer (its `.tokenizer.json` sidecar says which)", "error: "
+     "data.train_path: `<prefix>` was tokenized with `<tokenizer>` (N ids, fingerprint F) "
+     "(`<prefix>.tokenizer.json`), but data.tokenizer is `<tokenizer>` (M ids, fingerprint G); train with the "
+     "tokenizer the data was made with, or preprocess the data again with this one"),
+    ("train: data without a sidecar (Megatron-LM's tools) holding ids the tokenizer lacks", "error: "
+     "data.train_path: `<prefix>.bin` holds token id I, but data.tokenizer `<tokenizer>` (N ids, fingerprint F) "
+     "has ids 0..N-1 only; the data was tokenized with another tokenizer"),
 ]
 
 

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from pai_patch.data.fast_bpe import FastByteLevelBPE
 from pai_patch.data.indexed import atomic_writers, optimal_dtype
 from pai_patch.data.records import BadRecord, Chunk, find_inputs, iter_chunks, parse_line
+from pai_patch.data.sidecar import remove_sidecar, tokenizer_identity, write_sidecar
 from pai_patch.data.tokenizer import vocab_size
 
 
@@ -155,7 +156,8 @@ def preprocess_pretrain(inputs, tokenizer, output_prefix: str | os.PathLike, *, 
     """Tokenize ``inputs`` (file, folder or list of them) into ``<output_prefix>_<json_key>_document``.
 
     Raises ``BadRecord`` (a ``ValueError`` naming file and line) on the first bad record unless
-    ``skip_bad_lines``; nothing is left under the final name when it raises.
+    ``skip_bad_lines``; nothing is left under the final name when it raises.  On success the
+    tokenizer's identity is recorded beside the dataset (``pai_patch.data.sidecar``).
     """
     files = find_inputs(inputs)
     prefix = f"{output_prefix}_{json_key}_document"
@@ -167,17 +169,22 @@ def preprocess_pretrain(inputs, tokenizer, output_prefix: str | os.PathLike, *, 
     bar = tqdm(total=sum(p.stat().st_size for p in files), unit="B", unit_scale=True, desc="preprocess",
                disable=not progress, mininterval=1.0)
     skipped: collections.Counter = collections.Counter()
+    max_token_id = -1
+    remove_sidecar(prefix)
     with bar, atomic_writers({"tokens": (prefix, dtype)}) as writers:
         for enc in _encoded_chunks(files, encoder, workers):
             writers["tokens"].add_documents(enc.tokens, enc.lengths)
             summary.documents += len(enc.lengths)
             summary.tokens += len(enc.tokens)
+            if len(enc.tokens):
+                max_token_id = max(max_token_id, int(enc.tokens.max()))
             skipped.update(enc.skipped)
             bar.update(enc.end_offset - offsets[enc.path])
             offsets[enc.path] = enc.end_offset
             elapsed = max(time.perf_counter() - start, 1e-9)
             bar.set_postfix_str(f"{summary.documents / elapsed:,.0f} docs/s, {summary.tokens / elapsed:,.0f} tokens/s",
                                 refresh=False)
+    write_sidecar(prefix, tokenizer_identity(tokenizer), max_token_id)
     summary.skipped = dict(skipped)
     summary.seconds = time.perf_counter() - start
     return summary

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from pai_patch.data.indexed import IndexedReader, atomic_writers, optimal_dtype
 from pai_patch.data.records import BadRecord, find_inputs, iter_chunks
 from pai_patch.data.sft_format import SftEncoder, to_messages
+from pai_patch.data.sidecar import remove_sidecar, tokenizer_identity, write_sidecar
 from pai_patch.data.tokenizer import vocab_size
 from pai_patch.utils import write_text_atomic
 
@@ -99,7 +100,8 @@ def pack_groups(lengths: np.ndarray, seq_length: int, seed: int) -> list[np.ndar
 
 def preprocess_sft(input, tokenizer, output_prefix: str | os.PathLike, *, fmt: str = "alpaca", seq_length: int,
                    pack: bool = False, seed: int = 1234, skip_bad_lines: bool = False, progress: bool = True) -> Summary:
-    """Tokenize instruction data into ``<output_prefix>_text_document`` + ``_loss_mask_document`` (+ ``_sft.json``)."""
+    """Tokenize instruction data into ``<output_prefix>_text_document`` + ``_loss_mask_document`` (+ ``_sft.json``,
+    and the tokenizer sidecar ``_text_document.tokenizer.json``)."""
     start = time.perf_counter()
     encoder = SftEncoder(tokenizer)
     summary = Summary(str(output_prefix), template=encoder.template_name)
@@ -113,6 +115,7 @@ def preprocess_sft(input, tokenizer, output_prefix: str | os.PathLike, *, fmt: s
     groups = pack_groups(lengths, seq_length, seed) if pack else [np.array([i]) for i in range(len(samples))]
     dtype = optimal_dtype(vocab_size(tokenizer))
     specs = {"tokens": (f"{output_prefix}{TOKENS_SUFFIX}", dtype), "mask": (f"{output_prefix}{MASK_SUFFIX}", np.uint8)}
+    remove_sidecar(specs["tokens"][0])
     with atomic_writers(specs) as writers:
         for group in groups:
             group_lengths = lengths[group]
@@ -124,6 +127,8 @@ def preprocess_sft(input, tokenizer, output_prefix: str | os.PathLike, *, fmt: s
     meta = {"format": fmt, "seq_length": seq_length, "packed": pack, "seed": seed, "samples": len(samples),
             "template": encoder.template_name, "vocab_size": vocab_size(tokenizer)}
     write_text_atomic(f"{output_prefix}{META_SUFFIX}", json.dumps(meta, indent=1) + "\n")
+    max_token_id = max((int(t.max()) for t, _ in samples if len(t)), default=-1)
+    write_sidecar(specs["tokens"][0], tokenizer_identity(tokenizer), max_token_id)
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -164,7 +169,8 @@ class SftDataset(torch.utils.data.Dataset):
         return item
 
 
-def _strip_prefix(path: str) -> str:
+def sft_prefix(path: str) -> str:
+    """The prefix ``preprocess sft`` was given, from it or one of its idxmap prefixes."""
     for suffix in (TOKENS_SUFFIX, MASK_SUFFIX):
         if path.endswith(suffix):
             return path[: -len(suffix)]
@@ -192,7 +198,7 @@ def build_sft_dataset(path: str, tokenizer, seq_length: int, *, raw: bool = Fals
             return SftDataset(sample, pack_groups(lengths, seq_length, seed), seq_length, pad_id, True)
         return SftDataset(sample, [np.array([i]) for i in range(len(conversations))], seq_length, pad_id, False)
 
-    prefix = _strip_prefix(str(path))
+    prefix = sft_prefix(str(path))
     meta_path = Path(f"{prefix}{META_SUFFIX}")
     if not meta_path.exists():
         raise FileNotFoundError(f"{meta_path}: missing; {prefix} was not written by `preprocess sft`")

@@ -23,6 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pai_patch.data.sidecar import SUFFIX as SIDECAR_SUFFIX
 from pai_patch.recipes.resolve import ROOT, resolve_path
 
 #: package -> distribution name; these are the versions a lock pins
@@ -93,7 +94,9 @@ def dataset_files(kind: str, prefix: str | Path) -> dict[str, Path]:
     if not prefix.parent.is_dir():
         return {}
     found = sorted(p for pattern in (f"{prefix.name}.*", f"{prefix.name}_*") for p in prefix.parent.glob(pattern))
-    return {f"dataset.{kind}/{p.name[len(prefix.name):]}": p for p in found if p.is_file()}
+    # the tokenizer sidecar only restates what the tokenizer and .bin hashes already pin
+    return {f"dataset.{kind}/{p.name[len(prefix.name):]}": p for p in found if p.is_file() and
+            not p.name.endswith(SIDECAR_SUFFIX)}
 
 
 def hash_files(files: dict[str, Path], previous: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
