@@ -213,12 +213,11 @@ def _state(model_chunks, optimizer, scheduler, *, is_loading: bool, extra: dict[
 
     rank, world = dist.get_rank(), dist.get_world_size()
     state = _model_state(model_chunks)
-    merged: dict[str, Any] = {}
-    for chunk_state in state.values():
-        merged.update(chunk_state)
+    # kept nested: virtual-pipeline chunks reuse local names (``decoder.layers.0``), so merging would drop one
+    models = dict(state)
     # fully_reshardable: the distributed optimizer's state loads at any other DP/TP/PP layout
     state["optimizer"] = optimizer.sharded_state_dict(
-        merged, is_loading=is_loading, metadata={"distrib_optim_sharding_type": "fully_reshardable"})
+        models, is_loading=is_loading, metadata={"distrib_optim_sharding_type": "fully_reshardable"})
     state["opt_param_scheduler"] = scheduler.state_dict()
     state["rng_state"] = ShardedObject("rng_state", _rng_state(), (world,), (rank,), replica_id=0)
     state["checkpoint_version"] = CHECKPOINT_VERSION

@@ -76,6 +76,11 @@ def _build_chunks(cfg: TrainConfig, rt) -> list[torch.nn.Module]:
     size = family.size(cfg.model.size)
     tconfig = family.transformer_config(size, rt)
     tconfig.calculate_per_token_loss = True
+    # With PP=2 both neighbours are the same rank, and the interleaved (VP) schedule sends it an
+    # activation and a gradient of one shape at once: batched isend/irecv pairs them in a different
+    # order on each side and silently swaps them.  Megatron-LM's VP default (overlap_p2p_comm) uses
+    # the unbatched ops, which pair them through two groups.
+    tconfig.batch_p2p_comm = rt.vp is None
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True, overlap_grad_reduce=False,
         use_distributed_optimizer=cfg.parallel.distributed_optimizer, average_in_collective=False,
@@ -130,17 +135,26 @@ def _offload_fraction(mode: str) -> float:
 def _forward_step(data_iterator, model):  # noqa: ANN001 - megatron's schedule contract
     from megatron.core.packed_seq_params import PackedSeqParams
 
+    from pai_patch.training.data import batch_on_this_cp_rank
+
     batch = next(data_iterator)
     device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    seq_length = batch["tokens"].shape[1]
+    batch = batch_on_this_cp_rank(batch)
     packed = None
     if "cu_seqlens" in batch:
         if batch["tokens"].shape[0] != 1:
             raise ValueError("packed SFT sequences need micro_batch_size=1")
-        cu = batch["cu_seqlens"][0].to(torch.int32)
-        cu = torch.unique_consecutive(cu)
+        if model.config.multi_latent_attention:
+            raise ValueError("data.pack=true: packed SFT sequences are not supported with multi-latent attention "
+                             "(megatron-core's MLA takes packing only in the thd layout); use data.pack=false")
+        cu = torch.unique_consecutive(batch["cu_seqlens"][0].to(torch.int32))
+        # sbhd packing keeps one rotary table over the whole (global) sequence: RoPE is
+        # relative and attention stays inside each sample, so per-sample positions are not
+        # needed; megatron sizes that table from max_seqlen, hence the full length here.
         packed = PackedSeqParams(qkv_format="sbhd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
-                                 max_seqlen_q=int((cu[1:] - cu[:-1]).max()), max_seqlen_kv=int((cu[1:] - cu[:-1]).max()))
+                                 max_seqlen_q=seq_length, max_seqlen_kv=seq_length)
     output = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"], packed_seq_params=packed)
     return output, partial(_loss, batch["loss_mask"])
 
