@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_sampling_arguments(parser)  # the defaults of requests that do not set these fields
     parser.add_argument("--host", default=os.environ.get(ENV_PREFIX + "HOST", "127.0.0.1"),
                         help="interface to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
-    parser.add_argument("--port", type=int, default=int(os.environ.get(ENV_PREFIX + "PORT", "8000")),
+    parser.add_argument("--port", type=int, default=os.environ.get(ENV_PREFIX + "PORT", "8000"),
                         help="TCP port (default 8000; 0 picks a free one)")
     parser.add_argument("--token", help=f"required Authorization header value (default: ${ENV_PREFIX}TOKEN; "
                                         "none = no check)")
@@ -54,10 +54,18 @@ def run(args: argparse.Namespace) -> int:
     defaults = sampling_params(args)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("serve runs in one process (TP 1); start it without torchrun")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    _log_to_stderr("pai_patch.serve", "websockets.server")  # not the root logger: megatron's INFO lines are noise
     with opened_model(args) as (decoder, tokenizer):
         service = Service(decoder, tokenizer, defaults, chat=args.chat, max_prompt_tokens=args.max_prompt_tokens)
         return serve_until_signal(service, args.host, args.port, args.token or os.environ.get(ENV_PREFIX + "TOKEN"))
+
+
+def _log_to_stderr(*names: str) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+    for name in names:
+        logging.getLogger(name).addHandler(handler)
+        logging.getLogger(name).setLevel(logging.INFO)
 
 
 def parse_request(message: str | bytes, defaults: SamplingParams) -> tuple[str, SamplingParams]:
