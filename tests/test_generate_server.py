@@ -161,7 +161,8 @@ def test_request_fields_override_the_server_defaults() -> None:
                            ("{}", '"prompt": expected a non-empty string'),
                            ('{"prompt": "hi", "topk": 3}', "unknown field(s) topk"),
                            ('{"prompt": "hi", "top_k": "5"}', '"top_k": expected an integer'),
-                           ('{"prompt": "hi", "temperature": 0}', "--temperature 0.0: expected a value > 0")]:
+                           ('{"prompt": "hi", "temperature": 0}', "--temperature 0.0: expected a value > 0"),
+                           ('{"prompt": "hi", "max_new_tokens": 65}', "more than this server allows")]:
         with pytest.raises(ValueError, match=re.escape(error)):
             parse_request(message, defaults)
 

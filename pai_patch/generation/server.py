@@ -91,6 +91,9 @@ def parse_request(message: str | bytes, defaults: SamplingParams) -> tuple[str, 
         if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
             raise ValueError(f'"{name}": expected {"a number" if kind is float else "an integer"}; got {value!r}')
         overrides[name] = kind(value)
+    if overrides.get("max_new_tokens", 0) > defaults.max_new_tokens:  # bounds the KV cache a request can claim
+        raise ValueError(f'"max_new_tokens": {overrides["max_new_tokens"]} is more than this server allows '
+                         f"(--max-new-tokens {defaults.max_new_tokens})")
     # a request that picks one filter drops the server's other one (top-k and top-p exclude each other)
     if overrides.get("top_p", 0.0) > 0.0 and "top_k" not in overrides:
         overrides["top_k"] = 0
@@ -131,8 +134,8 @@ class Service:
 
         try:
             self._answer_requests(websocket)
-        except ConnectionClosed as err:  # the client left, mid-stream or without a close frame
-            log.info("connection closed by the client: %s", err)
+        except ConnectionClosed as err:  # the client left mid-stream, or the server is shutting down
+            log.info("connection closed while answering: %s", err)
 
     def _answer_requests(self, websocket: Any) -> None:
         for message in websocket:
