@@ -66,6 +66,10 @@ bench-convert: $(STAMP) ## conversion speed and memory vs the I/O floor
 bench-gpu: $(STAMP) ## tokens/s, TFLOP/s and MFU on one GPU
 	$(PY) bench/gpu.py
 
+.PHONY: gpu-check
+gpu-check: ## one-shot GPU session: doctor, bench-gpu, GPU tests, RESULTS section (no .venv needed)
+	bash bench/device_check.sh
+
 .PHONY: golden
 golden: $(STAMP) ## retrain each family's tiny size and rewrite tests/golden/*.json (review the diff)
 	$(PY) -m pai_patch.reproduce.golden --update

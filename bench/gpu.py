@@ -1,21 +1,34 @@
 """Training throughput on one GPU: tokens/s, TFLOP/s and MFU (``make bench-gpu``).
 
 Trains the Qwen2.5-0.5B and 1.5B shapes and DeepSeek-V2-Lite cut to the layers that fit,
-at seq 4096 in bf16, on random tokens, with whatever this machine has (PyTorch alone, or
-Transformer Engine / FA3 through :mod:`pai_patch.backends`).  MFU is model FLOPs (computed
-from the megatron-core config, attention included) over the bf16 matmul peak measured on
-this device, so the number means the same on an H100, an H800 or an H20.
+at seq 4096 in bf16, on random tokens, through the project's own trainer
+(:class:`pai_patch.training.loop.Trainer`: megatron-core DDP, the distributed optimizer with
+fp32 main weights, the pipeline schedule, the loss reduction), with whatever this machine has
+(PyTorch alone, or Transformer Engine / FA3 through :mod:`pai_patch.backends`).  MFU is model
+FLOPs (computed from the megatron-core config, attention included) over the bf16 matmul peak
+measured on this device, so the number means the same on an H100, an H800 or an H20.
 
-Without CUDA, or with ``--dry-run``, it prints the FLOP model and exits 0.
+Each shape runs in its own process under its own time budget: a shape that runs out of
+memory is retried with half the micro batch, then with full activation recompute; one that
+fails or times out is reported and the next one runs.  Results go to ``bench_gpu.json``
+(and the children's output to ``bench_gpu.log``) in ``--out``, ``$OUT`` or ``bench/_work/gpu``;
+``bench/record.py`` turns them into the section of ``bench/RESULTS.md``.
+
+``--device cpu`` trains tiny shapes of each family on the CPU through the same code, which is
+how the tests exercise it.  Without CUDA (and without ``--device cpu``), or with ``--dry-run``,
+it prints the FLOP model and exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
+import itertools
+import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +36,16 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/gpu.py` from a checkout
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # `python bench/gpu.py` from a checkout: pai_patch and bench.record
 
-#: bytes per parameter while training here: bf16 weight + bf16 grad + two bf16 AdamW moments
-BYTES_PER_PARAM = 8
-#: share of device memory the parameters may take; the rest is activations and logits
-PARAM_MEMORY_SHARE = 0.6
+#: bytes per parameter while training here: bf16 weight, fp32 grad buffer, fp32 main weight, two fp32 Adam moments
+BYTES_PER_PARAM = 2 + 4 + 4 + 8
+#: share of device memory the parameters may take; the rest is activations, logits and the optimizer
+#: step's temporaries (torch's foreach AdamW, used without TE/Apex, holds up to two fp32 copies)
+PARAM_MEMORY_SHARE = 0.5
+#: a child's exit status when it ran out of device memory (the parent retries smaller)
+EXIT_OOM = 3
 
 
 @dataclass(frozen=True)
@@ -41,10 +58,17 @@ class Shape:
     fit_layers: bool = False
 
 
+#: micro batches from an activation estimate for 80 GB (about 3 MB/token for 1.5B, logits included)
 SHAPES = (
     Shape("qwen2_5", "0.5B", "Qwen2.5-0.5B", micro_batch=4),
-    Shape("qwen2_5", "1.5B", "Qwen2.5-1.5B", micro_batch=4),
+    Shape("qwen2_5", "1.5B", "Qwen2.5-1.5B", micro_batch=2),
     Shape("deepseek_v2", "A2.4B", "DeepSeek-V2-Lite", micro_batch=1, fit_layers=True),
+)
+#: what ``--device cpu`` trains: every family's tiny size, through the same code path
+CPU_SHAPES = (
+    Shape("qwen2_5", "tiny", "Qwen2.5-tiny", micro_batch=2),
+    Shape("llama2", "tiny", "Llama2-tiny", micro_batch=2),
+    Shape("deepseek_v2", "tiny", "DeepSeek-V2-tiny", micro_batch=2, fit_layers=True),
 )
 
 
@@ -124,7 +148,7 @@ def load_shape(shape: Shape, rt: Any, device_bytes: int | None) -> tuple[Any, An
     if shape.fit_layers and device_bytes is not None:
         layers = layers_that_fit(fam, size, rt, device_bytes)
         if layers < size.num_layers:
-            size = dataclasses.replace(size, num_layers=layers)
+            size = dataclasses.replace(size, name=f"{size.name}-{layers}L", num_layers=layers)
     return fam, size, fam.transformer_config(size, rt)
 
 
@@ -142,7 +166,7 @@ def layers_that_fit(fam: Any, size: Any, rt: Any, device_bytes: int) -> int:
 
 # ---- measurement -------------------------------------------------------------------------
 def matmul_peak_tflops(device: torch.device, n: int = 8192, iters: int = 50) -> float:
-    """Measured bf16 dense matmul throughput: the denominator of MFU on this exact device."""
+    """Measured bf16 dense matmul throughput on random data: the denominator of MFU on this device."""
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     for _ in range(5):
@@ -152,32 +176,105 @@ def matmul_peak_tflops(device: torch.device, n: int = 8192, iters: int = 50) -> 
     for _ in range(iters):
         a @ b
     torch.cuda.synchronize(device)
-    return 2 * n**3 * iters / (time.perf_counter() - start) / 1e12
+    seconds = time.perf_counter() - start
+    del a, b
+    torch.cuda.empty_cache()
+    return 2 * n**3 * iters / seconds / 1e12
 
 
-def train_steps(model: torch.nn.Module, vocab_size: int, micro_batch: int, seq_length: int, steps: int,
-                warmup: int, device: torch.device) -> float:
-    """Seconds per step over ``steps`` AdamW steps after ``warmup`` untimed ones (random tokens)."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
+def sdpa_kernel(qk_dim: int, v_dim: int, heads: int, device: torch.device) -> str:
+    """Which of PyTorch's SDPA kernels takes this shape's causal bf16 attention (reported, not forced)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel as only
+
+    q = torch.randn(1, heads, 128, qk_dim, device=device, dtype=torch.bfloat16)
+    v = torch.randn(1, heads, 128, v_dim, device=device, dtype=torch.bfloat16)
+    for name, backend in (("flash", SDPBackend.FLASH_ATTENTION), ("efficient", SDPBackend.EFFICIENT_ATTENTION),
+                          ("cudnn", SDPBackend.CUDNN_ATTENTION)):  # PyTorch's own order of preference
+        try:
+            with only(backend):
+                torch.nn.functional.scaled_dot_product_attention(q, q, v, is_causal=True)
+            return name
+        except RuntimeError:
+            continue
+    return "math"
+
+
+def random_batch(vocab_size: int, micro_batch: int, seq_length: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """One micro batch of random tokens in the trainer's format, already on the device."""
     tokens = torch.randint(0, vocab_size, (micro_batch, seq_length + 1), device=device)
-    inputs, labels = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
-    position_ids = torch.arange(seq_length, device=device).unsqueeze(0).expand(micro_batch, -1)
-    model.train()
+    return {
+        "tokens": tokens[:, :-1].contiguous(),
+        "labels": tokens[:, 1:].contiguous(),
+        "loss_mask": torch.ones(micro_batch, seq_length, device=device),
+        "position_ids": torch.arange(seq_length, device=device).unsqueeze(0).expand(micro_batch, -1).contiguous(),
+    }
 
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss = model(inputs, position_ids, None, labels=labels).float().mean()
-        loss.backward()
-        optimizer.step()
 
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(device)
-    return (time.perf_counter() - start) / steps
+def job_config(shape: Shape, size: Any, micro_batch: int, seq_length: int, iterations: int,
+               recompute: str, output_dir: str) -> Any:
+    """The trainer job for one shape: bf16, distributed optimizer, one micro batch per step."""
+    from pai_patch.training.config import (CheckpointSection, ModelSection, OptimSection, ParallelSection,
+                                           TrainConfig, TrainSection)
+
+    return TrainConfig(
+        model=ModelSection(family=shape.family, size=size.name),
+        parallel=ParallelSection(distributed_optimizer=True),
+        optim=OptimSection(lr=1e-5, min_lr=1e-6),
+        train=TrainSection(micro_batch_size=micro_batch, global_batch_size=micro_batch, seq_length=seq_length,
+                           train_iters=iterations, precision="bf16", recompute=recompute, flash_attn=True,
+                           recompute_layers=size.num_layers if recompute == "full" else 1),
+        checkpoint=CheckpointSection(),
+        output_dir=output_dir,
+    )
+
+
+def train_shape(shape: Shape, args: argparse.Namespace) -> dict[str, Any]:
+    """Build ``shape`` in the trainer and time ``args.steps`` steps after ``args.warmup``; one result row."""
+    import logging
+
+    from pai_patch.backends import choose_backend
+    from pai_patch.models.base import Runtime, padded_vocab_size
+    from pai_patch.training.loop import Trainer
+
+    logging.basicConfig(level=logging.WARNING)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    choice = choose_backend(flash_attn=True)
+    os.environ.update(choice.te_env())  # before TE's attention is first built
+    rt = Runtime(precision="bf16", seq_length=args.seq, use_te=choice.use_te, flash_attn=True)
+    device_bytes = int(args.memory_gib * 2**30) if args.memory_gib else (
+        torch.cuda.get_device_properties(device).total_memory if cuda else None)
+    loaded = load_shape(shape, rt, device_bytes)
+    if isinstance(loaded, str):
+        return {"status": "skipped", "error": loaded}
+    fam, size, cfg = loaded
+    if size.name not in fam.sizes:  # the cut row, registered for this process only
+        fam.sizes = {**fam.sizes, size.name: size}
+    flops = sum(flop_model(cfg, padded_vocab_size(size.vocab_size), args.seq).values())
+    attention = choice.attention
+    if cuda and attention == "sdpa":
+        qk = cfg.qk_head_dim + cfg.qk_pos_emb_head_dim if getattr(cfg, "multi_latent_attention", False) else cfg.kv_channels
+        attention = f"sdpa/{sdpa_kernel(qk, getattr(cfg, 'v_head_dim', None) or qk, cfg.num_attention_heads, device)}"
+    row = {"label": shape.label, "layers": size.num_layers, "micro_batch": args.micro_batch,
+           "recompute": args.recompute, "attention": attention, "attention_reason": choice.reason,
+           "flops_per_token": flops}
+    with tempfile.TemporaryDirectory(prefix="bench-gpu-") as scratch:
+        job = job_config(shape, size, args.micro_batch, args.seq, args.warmup + args.steps, args.recompute,
+                         scratch)
+        trainer = Trainer(job)
+        batch = random_batch(size.vocab_size, args.micro_batch, args.seq, device)
+        iterators = [itertools.repeat(batch) for _ in trainer.model]
+        losses = [trainer.train_step(iterators)["loss"] for _ in range(args.warmup)]
+        _sync(device)
+        start = time.perf_counter()
+        losses += [trainer.train_step(iterators)["loss"] for _ in range(args.steps)]
+        _sync(device)
+        seconds = (time.perf_counter() - start) / args.steps
+    tokens_s = args.micro_batch * args.seq / seconds
+    row.update(status="ok", precision=trainer.rt.precision, step_s=seconds, tokens_per_s=tokens_s,
+               tflops=tokens_s * flops / 1e12, loss_first=losses[0], loss_last=losses[-1],
+               peak_memory_gib=torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None)
+    return row
 
 
 def _sync(device: torch.device) -> None:
@@ -185,46 +282,81 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_shape(shape: Shape, args: argparse.Namespace, peak: float) -> str:
-    """One row of the results table (or the reason the shape was skipped)."""
-    from pai_patch.backends import resolve_backend
-    from pai_patch.models.base import Runtime, padded_vocab_size
-    from pai_patch.parallel import model_parallel
-    from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+def child_main(args: argparse.Namespace) -> int:
+    """One attempt at one shape, in this process; the row goes to ``args.result`` as JSON."""
+    import traceback
 
-    choice = resolve_backend(flash_attn=True, precision="bf16")
-    os.environ.update(choice.te_env())
-    rt = Runtime(precision="bf16", seq_length=args.seq, use_te=choice.use_te,
-                 flash_attn=choice.attention in ("fa3", "te-flash"))
-    device = torch.device("cuda", torch.cuda.current_device())
-    loaded = load_shape(shape, rt, torch.cuda.get_device_properties(device).total_memory)
-    if isinstance(loaded, str):
-        return f"| {shape.label} | {loaded} |"
-    fam, size, cfg = loaded
-    micro_batch = args.micro_batch or shape.micro_batch
-    flops = sum(flop_model(cfg, padded_vocab_size(size.vocab_size), args.seq).values())
+    import torch.distributed as dist
+
+    shape = next(s for s in SHAPES + CPU_SHAPES if s.label == args.child)
     try:
-        with model_parallel(rt):
-            model_parallel_cuda_manual_seed(1234)
-            model = fam.build(size, rt, config=cfg)
-            seconds = train_steps(model, size.vocab_size, micro_batch, args.seq, args.steps, args.warmup, device)
-            del model
-    except torch.cuda.OutOfMemoryError:
-        torch.cuda.empty_cache()
-        return f"| {shape.label} ({size.num_layers} layers, mbs {micro_batch}) | skipped: out of memory |"
-    tokens_s = micro_batch * args.seq / seconds
-    tflops = tokens_s * flops / 1e12
-    return (f"| {shape.label} ({size.num_layers} layers, mbs {micro_batch}) | {choice.attention} | "
-            f"{tokens_s:,.0f} | {tflops:.1f} | {100 * tflops / peak:.1f}% |")
+        row, code = train_shape(shape, args), 0
+    except torch.cuda.OutOfMemoryError as err:
+        row, code = {"status": "oom", "error": str(err).splitlines()[0]}, EXIT_OOM
+    except Exception as err:  # noqa: BLE001 - reported in the row; the parent goes on with the next shape
+        traceback.print_exc()
+        first = (str(err).strip().splitlines() or [""])[0]
+        row, code = {"status": "failed", "error": f"{type(err).__name__}: {first}"}, 1
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    Path(args.result).write_text(json.dumps(row))
+    return code
 
 
-def print_flop_model(args: argparse.Namespace) -> None:
+# ---- the parent: shapes, budgets, retries ------------------------------------------------
+def attempts(shape: Shape, micro_batch: int | None) -> list[tuple[int, str]]:
+    """(micro batch, recompute) to try in order: halve the micro batch on OOM, then recompute everything."""
+    mbs = micro_batch or shape.micro_batch
+    plan = []
+    while mbs >= 1:
+        plan.append((mbs, "false"))
+        mbs //= 2
+    return plan + [(1, "full")]
+
+
+def run_shape(shape: Shape, args: argparse.Namespace, log: Any) -> dict[str, Any]:
+    """Run ``shape`` in child processes within ``args.budget_s`` seconds; the last attempt's row."""
+    deadline = time.monotonic() + args.budget_s
+    row: dict[str, Any] = {"status": "failed", "error": "no attempt ran"}
+    for micro_batch, recompute in attempts(shape, args.micro_batch):
+        left = deadline - time.monotonic()
+        if left < 5:
+            row = {"status": "timed out", "error": f"budget of {args.budget_s:.0f} s used up before mbs {micro_batch}"}
+            break
+        with tempfile.TemporaryDirectory(prefix="bench-gpu-row-") as scratch:
+            result = Path(scratch) / "row.json"
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--child", shape.label, "--result", str(result),
+                   "--device", args.device, "--seq", str(args.seq), "--steps", str(args.steps),
+                   "--warmup", str(args.warmup), "--micro-batch", str(micro_batch), "--recompute", recompute,
+                   *(["--memory-gib", str(args.memory_gib)] if args.memory_gib else [])]
+            log.write(f"\n==== {shape.label}: mbs {micro_batch}, recompute {recompute} ====\n")
+            log.flush()
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                code = proc.wait(timeout=left)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+                row = {"status": "timed out", "error": f"still running after the {args.budget_s:.0f} s budget"}
+                break
+            row = json.loads(result.read_text()) if result.is_file() else {
+                "status": "failed", "error": f"exit status {code}; see bench_gpu.log"}
+        if row["status"] != "oom":
+            break
+    row.setdefault("label", shape.label)
+    row.setdefault("micro_batch", micro_batch)
+    row.setdefault("recompute", recompute)
+    return row
+
+
+def print_flop_model(args: argparse.Namespace, shapes: tuple[Shape, ...]) -> None:
     """The FLOP model per shape at full depth: what MFU divides by, checkable without a GPU."""
     from pai_patch.models.base import Runtime, padded_vocab_size
 
     rt = Runtime(precision="bf16", seq_length=args.seq)
     print(f"FLOP model: training FLOPs per token at seq {args.seq} (fwd + bwd, causal attention, no recompute)")
-    for shape in SHAPES:
+    for shape in shapes:
         loaded = load_shape(shape, rt, None)
         if isinstance(loaded, str):
             print(f"  {shape.label}: {loaded}")
@@ -235,27 +367,85 @@ def print_flop_model(args: argparse.Namespace) -> None:
         print(f"  {shape.label} ({size.num_layers} layers): {sum(parts.values()) / 1e9:.2f} GFLOP/token ({detail})")
 
 
+def environment(device: torch.device, peak: float | None) -> dict[str, Any]:
+    """Date, device and software versions: the header of a results section."""
+    from pai_patch.backends import choose_backend
+    from pai_patch.doctor import environment as doctor_environment
+
+    env = doctor_environment()
+    env.update(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), torch=torch.__version__,
+               device=torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
+               matmul_peak_tflops=peak, attention=dataclasses.asdict(choose_backend(True)))
+    return env
+
+
+def output_dir(arg: str | None) -> Path:
+    return Path(arg or os.environ.get("OUT") or ROOT / "bench" / "_work" / "gpu")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true", help="print the FLOP model and exit (no training)")
-    parser.add_argument("--seq", type=int, default=4096)
+    parser.add_argument("--device", choices=("cuda", "cpu"), default=None,
+                        help="cuda (default when a GPU is present) or cpu (tiny shapes, the tests' path)")
+    parser.add_argument("--shapes", nargs="*", default=None, help="labels to run (default: all for the device)")
+    parser.add_argument("--seq", type=int, default=None, help="sequence length (default 4096 on cuda, 64 on cpu)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps after warm-up")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--micro-batch", type=int, default=None, help="override every shape's micro batch")
+    parser.add_argument("--micro-batch", type=int, default=None, help="first micro batch to try for every shape")
+    parser.add_argument("--memory-gib", type=float, default=None,
+                        help="device memory to cut the MoE shape for (default: the device's)")
+    parser.add_argument("--budget-s", type=float, default=150.0, help="seconds each shape may take, retries included")
+    parser.add_argument("--out", default=None, help="where bench_gpu.json/.log go (default $OUT, else bench/_work/gpu)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # one attempt at one shape, run by the parent
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--recompute", default="false", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    print_flop_model(args)
-    if args.dry_run or not torch.cuda.is_available():
-        print("no training: " + ("--dry-run" if args.dry_run else "no CUDA GPU on this machine"))
+    train = args.device is not None or torch.cuda.is_available()
+    available = CPU_SHAPES if args.device == "cpu" else SHAPES
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.seq is None:
+        args.seq = 64 if available is CPU_SHAPES else 4096
+    if args.child:
+        return child_main(args)
+    shapes = tuple(s for s in available if args.shapes is None or s.label in args.shapes)
+    unknown = set(args.shapes or ()) - {s.label for s in available}
+    if unknown:
+        parser.error(f"unknown shape(s) for --device {args.device}: {', '.join(sorted(unknown))}; "
+                     f"valid: {', '.join(s.label for s in available)}")
+    print_flop_model(args, shapes)
+    if args.dry_run or not train:
+        print("no training: " + ("--dry-run" if args.dry_run else "no CUDA GPU on this machine (--device cpu trains "
+                                 "the tiny shapes)"))
         return 0
-    device = torch.device("cuda", torch.cuda.current_device())
-    peak = matmul_peak_tflops(device)
-    print(f"\ndevice: {torch.cuda.get_device_name(device)}, measured bf16 matmul peak {peak:.1f} TFLOP/s")
-    print(f"date: {time.strftime('%Y-%m-%d')}, torch {torch.__version__}, seq {args.seq}, bf16, "
-          f"{args.steps} steps after {args.warmup} warm-up\n")
-    print("| shape | attention | tokens/s/GPU | TFLOP/s/GPU | MFU |\n|---|---|---|---|---|")
-    for shape in SHAPES:
-        print(bench_shape(shape, args, peak), flush=True)
-    return 0
+    return run_all(args, shapes)
+
+
+def run_all(args: argparse.Namespace, shapes: tuple[Shape, ...]) -> int:
+    """Peak, then every shape in its own budget; writes bench_gpu.json and prints the table."""
+    from bench.record import render_table
+    from pai_patch.utils import write_text_atomic
+
+    device = torch.device(args.device)
+    peak = matmul_peak_tflops(device) if device.type == "cuda" else None
+    env = environment(device, peak)
+    print(f"\ndevice: {env['device']}" + (f", measured bf16 matmul peak {peak:.1f} TFLOP/s" if peak else ""))
+    print(f"date: {env['date']}, torch {torch.__version__}, seq {args.seq}, {args.steps} steps after {args.warmup} "
+          f"warm-up, per-shape budget {args.budget_s:.0f} s\n", flush=True)
+    out = output_dir(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {"env": env, "seq": args.seq, "steps": args.steps, "warmup": args.warmup, "rows": []}
+    with open(out / "bench_gpu.log", "w", encoding="utf-8") as log:
+        for shape in shapes:
+            row = run_shape(shape, args, log)
+            if row.get("tflops") is not None and peak:
+                row["mfu"] = row["tflops"] / peak
+            results["rows"].append(row)
+            write_text_atomic(out / "bench_gpu.json", json.dumps(results, indent=2))
+            print(f"{shape.label}: {row['status']}" + (f" ({row['error']})" if row.get("error") else ""), flush=True)
+    print("\n" + render_table(results))
+    print(f"\nwrote {out / 'bench_gpu.json'}")
+    return 0 if all(r["status"] in ("ok", "skipped") for r in results["rows"]) else 1
 
 
 if __name__ == "__main__":

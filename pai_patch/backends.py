@@ -5,8 +5,8 @@ asks for something the machine lacks then fails deep inside Transformer Engine o
 silently runs a slower kernel.  Here the decision is made once, up front, logged with its
 reason, and shared by the trainer, ``doctor`` and ``bench/gpu.py`` so they cannot disagree.
 
-Order for ``FL=true``: FlashAttention-3 (Hopper only) > TE flash (FA2 inside TE) >
-TE fused (cuDNN) > PyTorch SDPA.  ``FL=false`` skips the flash kernels.
+Order for ``FL=true``: FlashAttention-3 (Hopper only, through TE's attention) > TE flash
+(FA2 inside TE) > TE fused (cuDNN) > PyTorch SDPA.  ``FL=false`` skips the flash kernels.
 """
 
 from __future__ import annotations
@@ -101,10 +101,13 @@ def choose_backend(flash_attn: bool) -> BackendChoice:
         return BackendChoice(False, "sdpa", "no CUDA GPU: PyTorch scaled_dot_product_attention")
     te = te_available()
     sm = f"sm_{cap[0]}{cap[1]}"
-    if flash_attn and cap == HOPPER and fa3_available():
-        return BackendChoice(te, "fa3", f"FL=true on {sm} and flash_attn_interface imports")
+    fa3 = flash_attn and cap == HOPPER and fa3_available()
+    if fa3 and te:
+        return BackendChoice(True, "fa3", f"FL=true on {sm} and flash_attn_interface imports")
     skipped = "" if not flash_attn else (
-        f"; FA3 skipped: {sm} is not Hopper" if cap != HOPPER else "; FA3 skipped: flash_attn_interface does not import")
+        f"; FA3 skipped: {sm} is not Hopper" if cap != HOPPER else
+        "; FA3 skipped: it runs inside Transformer Engine, which does not import" if fa3 else
+        "; FA3 skipped: flash_attn_interface does not import")
     if te and flash_attn and cap >= (8, 0) and importable("flash_attn"):
         return BackendChoice(True, "te-flash", f"TE with flash-attn 2 on {sm}{skipped}")
     if te:

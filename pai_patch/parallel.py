@@ -89,10 +89,14 @@ def world_size_from_env() -> int:
 
 
 def init_process_group() -> None:
-    """Join the job torchrun started (or a one-process group); gloo without CUDA."""
+    """Join the job torchrun started (or a one-process group); gloo without CUDA.
+
+    On GPUs the group also gets gloo for CPU tensors: the loss reduction and checkpoint
+    agreement exchange small host tensors, which NCCL alone rejects.
+    """
     if dist.is_initialized():
         return
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if "RANK" in os.environ and "MASTER_ADDR" in os.environ:

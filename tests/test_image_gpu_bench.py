@@ -1,9 +1,14 @@
-"""bench/gpu.py without a GPU: the FLOP model against a hand count, the dry run, one CPU training step."""
+"""The GPU path without a GPU: bench/gpu.py's FLOP model against a hand count, its dry run, its CPU run
+through the trainer, budgets and retries; bench/record.py; bench/device_check.sh end to end on CPU;
+and bf16 with the distributed optimizer resuming exactly where Transformer Engine is missing."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib.util
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +18,9 @@ import torch
 
 from pai_patch.models import get_family
 from pai_patch.models.base import Runtime
+
+from bench import record
+from pai_patch import backends
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "bench" / "gpu.py")
@@ -80,20 +88,107 @@ def test_dry_run_prints_the_flop_model_and_exits_0():
     assert "no training: --dry-run" in out.stdout
 
 
-def test_train_steps_updates_the_model_on_cpu():
-    """The timed loop's body (forward with labels, backward, AdamW) on the tiny model."""
-    from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+def test_oom_retries_halve_the_micro_batch_then_recompute_everything():
+    shape = bench.Shape("qwen2_5", "1.5B", "x", micro_batch=4)
+    assert bench.attempts(shape, None) == [(4, "false"), (2, "false"), (1, "false"), (1, "full")]
+    assert bench.attempts(shape, 1) == [(1, "false"), (1, "full")]
 
-    from pai_patch.parallel import model_parallel
 
-    fam = get_family("qwen2_5")
-    rt = Runtime(precision="bf16", seq_length=32)
-    with model_parallel(rt):
-        model_parallel_cuda_manual_seed(1)
-        model = fam.build(fam.size("tiny"), rt)
-        before = [p.detach().clone() for p in model.parameters()]
-        seconds = bench.train_steps(model, 2048, micro_batch=2, seq_length=32, steps=1, warmup=1,
-                                    device=torch.device("cpu"))
-        changed = sum(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    assert seconds > 0
-    assert changed == len(before)
+def test_fa3_without_te_is_not_claimed(monkeypatch):
+    """FA3 runs inside TE's attention; with PyTorch alone the local spec's SDPA runs, and says why."""
+    monkeypatch.setattr(backends, "cuda_capability", lambda: (9, 0))
+    monkeypatch.setattr(backends, "te_available", lambda: False)
+    monkeypatch.setattr(backends, "importable", lambda name: True)
+    choice = backends.choose_backend(True)
+    assert (choice.attention, choice.use_te) == ("sdpa", False)
+    assert "FA3 skipped: it runs inside Transformer Engine" in choice.reason
+
+
+RESULTS = {
+    "env": {"date": "2026-11-26 01:00 UTC", "device": "NVIDIA H100 80GB HBM3", "torch": "2.11.0+cu130",
+            "cuda": "13.0", "python": "3.12.3", "matmul_peak_tflops": 790.0,
+            "packages": {"megatron-core": "0.16.1", "transformer-engine": None},
+            "attention": {"attention": "sdpa", "reason": "Transformer Engine does not import"}},
+    "seq": 4096, "steps": 20, "warmup": 3,
+    "rows": [{"label": "Qwen2.5-1.5B", "layers": 28, "micro_batch": 2, "recompute": "false", "precision": "bf16",
+              "attention": "sdpa/flash", "status": "ok", "tokens_per_s": 30000.0, "tflops": 309.6, "mfu": 0.392,
+              "peak_memory_gib": 51.2, "loss_first": 12.1, "loss_last": 11.9},
+             {"label": "DeepSeek-V2-Lite", "micro_batch": 1, "recompute": "full", "status": "timed out",
+              "error": "still running after the 100 s budget"}],
+}
+
+
+def test_record_renders_the_table_and_appends_under_the_gpu_section(tmp_path):
+    section = record.render_section(RESULTS)
+    assert section.startswith("### 2026-11-26 01:00 UTC, NVIDIA H100 80GB HBM3")
+    assert "| Qwen2.5-1.5B | 28 | 2 | false | bf16 | sdpa/flash | 30,000 | 309.6 | 39.2% | 51.2 | ok, loss" in section
+    assert "| DeepSeek-V2-Lite |" in section and "timed out: still running after the 100 s budget" in section
+    assert "transformer-engine missing" in section and "790.0 TFLOP/s" in section
+    results_md = tmp_path / "RESULTS.md"
+    results_md.write_text("# Benchmark results\n\n## GPU\n\nprotocol\n\n## Data preprocessing\n\nrows\n")
+    (tmp_path / "r.json").write_text(json.dumps(RESULTS))
+    assert record.main([str(tmp_path / "r.json"), "--results", str(results_md)]) == 0
+    text = results_md.read_text()
+    assert text.index("protocol") < text.index("### 2026-11-26") < text.index("## Data preprocessing")
+    assert text.endswith("## Data preprocessing\n\nrows\n")
+    assert record.main([str(tmp_path / "missing.json"), "--print"]) == 2
+
+
+def _tiny_deepseek_gib(layers: int) -> float:
+    """Device memory under which bench/gpu.py cuts tiny DeepSeek-V2 to ``layers`` layers."""
+    fam = get_family("deepseek_v2")
+    size = fam.size("tiny")
+    rt = Runtime(precision="bf16", seq_length=64)
+    cut = fam.transformer_config(dataclasses.replace(size, num_layers=layers), rt)
+    need = bench.param_count(cut, size.vocab_size, size.tie_embeddings) * bench.BYTES_PER_PARAM
+    return need / bench.PARAM_MEMORY_SHARE / 2**30 * 1.01
+
+
+@pytest.mark.slow
+def test_a_shape_over_its_budget_is_killed_and_reported(tmp_path):
+    args = argparse.Namespace(
+        device="cpu", seq=64, steps=1000, warmup=1, micro_batch=None, budget_s=6.0, memory_gib=None)
+    with open(tmp_path / "log", "w") as log:
+        row = bench.run_shape(bench.CPU_SHAPES[0], args, log)
+    assert row["status"] == "timed out" and "6 s budget" in row["error"]
+    assert "==== Qwen2.5-tiny: mbs 2, recompute false ====" in (tmp_path / "log").read_text()
+
+
+@pytest.mark.slow
+def test_bf16_distributed_optimizer_resumes_exactly_without_te(tmp_path, monkeypatch):
+    """What a GPU with PyTorch alone runs, on the CPU in bf16: save, resume, same steps as unbroken.
+
+    megatron-core's fallback to torch AdamW could neither save (fp32 norms in a bf16 model) nor
+    load (AdamW's `step`), and its loader made all parameters share one step counter;
+    ``pai_patch.patches.no_te`` fixes the three.
+    """
+    from pai_patch.training import loop
+    from tests.gpu.resume import train_save_resume
+
+    monkeypatch.setattr(loop, "_cpu_precision", lambda rt: rt)  # keep bf16 on the CPU
+    for family in ("qwen2_5", "deepseek_v2"):
+        run = train_save_resume(family, tmp_path / family)
+        assert run.param_dtypes == {torch.bfloat16} and run.restored_iteration == 3
+        assert run.resumed == run.straight, (family, run)
+        assert run.straight[-1] < run.first_loss
+
+
+@pytest.mark.slow
+def test_device_check_script_runs_end_to_end_on_cpu(tmp_path):
+    """bench/device_check.sh as a GPU session runs it, on this machine, with bench/gpu.py's real path
+    (child process, trainer, distributed optimizer) on the MoE shape cut by --memory-gib."""
+    bench_args = f"--device cpu --shapes DeepSeek-V2-tiny --memory-gib {_tiny_deepseek_gib(2):.8f} --steps 2 --warmup 1"
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "TESTS_BUDGET": "120",
+           "BENCH_ARGS": bench_args}
+    out = subprocess.run(["bash", str(ROOT / "bench" / "device_check.sh")], env=env, capture_output=True, text=True,
+                         timeout=400)
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "bench_gpu.json", "bench_gpu.log", "device_check.log", "doctor.json", "gpu_tests.xml", "results_section.md"]
+    (row,) = json.loads((tmp_path / "bench_gpu.json").read_text())["rows"]
+    assert row["status"] == "ok" and row["layers"] == 2, row  # 1 dense + 1 MoE layer of the 4
+    assert row["tokens_per_s"] > 0 and 5 < row["loss_first"] < 10 and 5 < row["loss_last"] < 10
+    assert "| DeepSeek-V2-tiny | 2 | 2 | false | fp32 | sdpa |" in (tmp_path / "results_section.md").read_text()
+    assert 'skipped="10"' in (tmp_path / "gpu_tests.xml").read_text()
+    assert json.loads((tmp_path / "doctor.json").read_text())["packages"]["megatron-core"] == "0.16.1"
+    assert "device check finished with status 0" in (tmp_path / "device_check.log").read_text()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from pai_patch.patches import apply_patches, cpu
+from pai_patch.patches import apply_patches, cpu, no_te
 
 
 def test_every_patch_has_a_reason() -> None:
-    assert cpu.CPU_PATCHES
-    for patch in cpu.CPU_PATCHES:
+    assert cpu.CPU_PATCHES and no_te.NO_TE_PATCHES
+    for patch in cpu.CPU_PATCHES + no_te.NO_TE_PATCHES:
         assert len(patch.reason) > 15, patch
 
 
@@ -20,7 +20,7 @@ def test_cuda_literals_become_cpu_tensors() -> None:
     assert t.cuda() is t
     assert torch.ones(2, device=torch.cuda.current_device()).device.type == "cpu"
     assert t.type() == "torch.cuda.FloatTensor"  # megatron dispatches on these names
-    assert apply_patches() == ["cpu"]  # idempotent
+    assert apply_patches() == ["no-te", "cpu"]  # idempotent; no TE on a CPU machine
 
 
 def test_rng_tracker_forks_cpu_generator() -> None:

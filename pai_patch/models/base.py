@@ -171,7 +171,9 @@ class ModelFamily:
             masked_softmax_fusion=on_gpu,
             apply_rope_fusion=on_gpu and rt.use_te,
             gradient_accumulation_fusion=False,
-            persist_layer_norm=on_gpu,
+            # apex's persistent kernel only: TE norms ignore it and megatron's torch norm (local spec on a
+            # GPU without apex) asserts it off
+            persist_layer_norm=False,
         )
         if rt.pp0_layers is not None and rt.pp > 1:
             kwargs["num_layers_in_first_pipeline_stage"] = rt.pp0_layers

@@ -6,6 +6,7 @@ Rather than forking megatron-core we redirect exactly those entry points, all li
 in :data:`CPU_PATCHES` with the reason for each, plus one torch-function mode that
 maps any CUDA device argument to the CPU.  Everything is applied by :func:`apply`
 and only when ``torch.cuda.is_available()`` is false, so the GPU path is untouched.
+What a machine without Transformer Engine needs, GPU or not, is in :mod:`.no_te`.
 """
 
 from __future__ import annotations
@@ -124,26 +125,6 @@ def _host_tensor() -> Callable[..., Any]:
     return move
 
 
-def _sequence_parallel_norm() -> staticmethod:
-    """``WrappedTorchNorm.__new__`` that also serves sequence parallelism (it asserts SP off).
-
-    Under SP each TP rank normalises its own sequence shard, so the norm's weight gradients
-    are partial; marking the parameters ``sequence_parallel`` makes megatron all-reduce them
-    over TP, as it does for the fused CUDA norms.
-    """
-
-    def new(cls: type, config: Any, hidden_size: int, eps: float = 1e-5, *args: Any, **kwargs: Any) -> Any:
-        if config.layernorm_zero_centered_gamma:
-            raise ValueError("layernorm_zero_centered_gamma needs apex or Transformer Engine norms")
-        norm_cls = {"LayerNorm": torch.nn.LayerNorm, "RMSNorm": torch.nn.RMSNorm}[config.normalization]
-        norm = norm_cls(normalized_shape=hidden_size, eps=eps)
-        for param in norm.parameters():
-            param.sequence_parallel = config.sequence_parallel
-        return norm
-
-    return staticmethod(new)
-
-
 def _rng_get() -> Callable[..., torch.Tensor]:
     return _returning(torch.get_rng_state)
 
@@ -185,14 +166,8 @@ CPU_PATCHES: tuple[Patch, ...] = (
           "the tracker forks CUDA RNG states for dropout; fork the CPU generator instead"),
     Patch("megatron.core.tensor_parallel.random", "_set_cuda_rng_state", _rng_set(),
           "the tracker restores CUDA RNG states; restore the CPU generator instead"),
-    Patch("megatron.core.transformer.multi_latent_attention", "HAVE_TE", False,
-          "without TE, TELinear is built on a MagicMock and MLA's `isinstance(proj, TELinear)` raises"),
-    Patch("megatron.core.transformer.moe.moe_utils", "te_general_gemm", None,
-          "without TE the name is never bound; the router's gating GEMM checks it against None"),
     Patch("megatron.core.transformer.moe.token_dispatcher", "maybe_move_tensor_to_cpu", _host_tensor(),
           "it converts only CUDA tensors, so on CPU the alltoall split sizes stay tensors and gloo rejects them"),
-    Patch("megatron.core.transformer.torch_norm", "WrappedTorchNorm.__new__", _sequence_parallel_norm(),
-          "the only norm without apex/TE refuses sequence parallelism (required for MoE with TP > 1)"),
 )
 
 _mode: CudaToCpuMode | None = None

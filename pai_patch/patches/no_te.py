@@ -1,0 +1,114 @@
+"""Run megatron-core's local (non-TE) layers wherever Transformer Engine does not import: CPU, or a GPU
+with PyTorch alone.
+
+megatron-core 0.16.1 assumes TE in a few places even when the local spec is asked for; each
+patch in :data:`NO_TE_PATCHES` says which.  They are applied by :func:`apply` only when TE
+cannot be used here (:func:`pai_patch.models.base.te_available`), so the TE path is untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from pai_patch.patches.cpu import Patch
+
+
+def _local_norm() -> staticmethod:
+    """``WrappedTorchNorm.__new__`` that also serves sequence parallelism and the run's dtype.
+
+    megatron's version asserts SP off and ``persist_layer_norm`` off (the config turns the latter
+    on for GPUs), and builds the weight in fp32 whatever ``params_dtype`` is: a bf16 model then
+    holds fp32 norms, which fall off torch's fused RMSNorm and break the distributed optimizer's
+    checkpoint (it indexes a mixed-dtype parameter group in the wrong order).  Under SP each TP
+    rank normalises its own sequence shard, so the norm's weight gradients are partial; marking
+    the parameters ``sequence_parallel`` makes megatron all-reduce them over TP, as it does for
+    the fused CUDA norms.
+    """
+
+    def new(cls: type, config: Any, hidden_size: int, eps: float = 1e-5, *args: Any, **kwargs: Any) -> Any:
+        if config.layernorm_zero_centered_gamma:
+            raise ValueError("layernorm_zero_centered_gamma needs apex or Transformer Engine norms")
+        norm_cls = {"LayerNorm": torch.nn.LayerNorm, "RMSNorm": torch.nn.RMSNorm}[config.normalization]
+        norm = norm_cls(normalized_shape=hidden_size, eps=eps, dtype=config.params_dtype)
+        for param in norm.parameters():
+            param.sequence_parallel = config.sequence_parallel
+        return norm
+
+    return staticmethod(new)
+
+
+def _set_present_optimizer_states() -> Any:
+    """``DistributedOptimizer._set_main_param_and_optimizer_states`` that copies the states it is given.
+
+    Without TE or Apex megatron falls back to ``torch.optim.AdamW``, whose per-parameter state
+    also holds ``step``; the checkpoint loader restores ``step`` itself and passes only the
+    main parameter and the moments, so the original's copy of every state key raises KeyError.
+    """
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    original = DistributedOptimizer._set_main_param_and_optimizer_states
+
+    def set_states(self: Any, model_param: torch.nn.Parameter, tensors: dict[str, torch.Tensor]) -> None:
+        if self.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8:
+            return original(self, model_param, tensors)
+        group_index, group_order = self.model_param_group_index_map[model_param]
+        main_param = self.optimizer.param_groups[group_index]["params"][group_order]
+        destination = {"param": main_param, **self.optimizer.state[main_param]}
+        for key, value in tensors.items():
+            destination[key].copy_(value)
+        return None
+
+    return set_states
+
+
+def _load_with_own_steps() -> Any:
+    """``DistributedOptimizer.load_state_dict`` that gives every parameter its own ``step`` tensor.
+
+    For torch's AdamW the loader puts one ``step`` tensor into every parameter's state; AdamW
+    increments each in place, so after a resume the shared counter runs N parameters times too
+    fast and the bias correction is wrong: a resumed run silently diverges from an unbroken one.
+    """
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    original = DistributedOptimizer.load_state_dict
+
+    def load_state_dict(self: Any, state_dict: dict[str, Any]) -> None:
+        original(self, state_dict)
+        for state in self.optimizer.state.values():
+            if torch.is_tensor(state.get("step")):
+                state["step"] = state["step"].clone()
+
+    return load_state_dict
+
+
+NO_TE_PATCHES: tuple[Patch, ...] = (
+    Patch("megatron.core.transformer.multi_latent_attention", "HAVE_TE", False,
+          "without TE, TELinear is built on a MagicMock and MLA's `isinstance(proj, TELinear)` raises"),
+    Patch("megatron.core.transformer.moe.moe_utils", "te_general_gemm", None,
+          "without TE the name is never bound; the router's gating GEMM checks it against None"),
+    Patch("megatron.core.transformer.torch_norm", "WrappedTorchNorm.__new__", _local_norm(),
+          "the only norm without apex/TE refuses SP and persist_layer_norm and ignores params_dtype"),
+    Patch("megatron.core.optimizer.distrib_optimizer", "DistributedOptimizer._set_main_param_and_optimizer_states",
+          _set_present_optimizer_states(),
+          "torch AdamW's `step` state is absent from the loaded tensors, so resuming the distributed optimizer raises"),
+    Patch("megatron.core.optimizer.distrib_optimizer", "DistributedOptimizer.load_state_dict", _load_with_own_steps(),
+          "the loader shares one torch AdamW `step` tensor among all parameters, so a resumed run's steps race ahead"),
+)
+
+_applied = False
+
+
+def apply() -> bool:
+    """Apply every no-TE patch once; returns True when TE cannot be used here."""
+    global _applied
+    from pai_patch.models.base import te_available
+
+    if te_available():
+        return False
+    if not _applied:
+        for patch in NO_TE_PATCHES:
+            patch.apply()
+        _applied = True
+    return True
