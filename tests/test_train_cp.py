@@ -4,9 +4,9 @@
 local queries' global positions (megatron's load-balanced layout: rank r holds chunks r and
 2*CP-1-r).  The fast tests replay that on one process with the gather done by hand; the
 slow ones run it under torchrun: tiny Qwen2.5 trains at CP=2 with the single-process
-losses, and tiny DeepSeek-V2 (MLA, K and V of different widths) gives the CP=1 logits,
-also for packed sequences.  Run as a script under torchrun for the logits check:
-``torchrun --nproc_per_node 2 tests/test_train_cp.py``.
+losses, and tiny DeepSeek-V2 (MLA, K and V of different widths; the MoE auxiliary loss) and
+Qwen2.5 with packed sequences give the CP=1 logits and gradients.  Run as a script under
+torchrun for that check: ``torchrun --nproc_per_node 2 tests/test_train_cp.py``.
 """
 
 from __future__ import annotations
@@ -123,23 +123,30 @@ def test_cp2_training_matches_single_process(start: Path, corpus_prefix: str,  #
 
 @pytest.mark.slow
 @pytest.mark.dist
-def test_cp2_logits_equal_cp1() -> None:
+def test_cp2_logits_and_gradients_equal_cp1() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
          __file__], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    diffs = {" ".join(line.split()[1:4]): float(line.split()[-1])
+    diffs = {" ".join(line.split()[1:5]): float(line.split()[-1])
              for line in result.stdout.splitlines() if line.startswith("MAXDIFF")}
-    assert sorted(diffs) == [f"{case} {rank}" for case in sorted(CASES) for rank in "01"], result.stdout
+    assert sorted(diffs) == [f"{case} {rank} {what}" for case in sorted(CASES) for rank in "01"
+                             for what in ("gradients", "logits")], result.stdout
     assert max(diffs.values()) < 1e-5, diffs
 
 
+#: DeepSeek-V2: MLA and the MoE auxiliary loss; Qwen2.5: GQA and packed sequences
 CASES = {"deepseek_v2 causal": ("deepseek_v2", False), "qwen2_5 packed": ("qwen2_5", True)}
 
 
-def _cp2_logits_diff(family_name: str, packed: bool) -> float:
-    """One torchrun rank: tiny-model logits at CP=2 against the same weights at CP=1 (both ranks DP)."""
+def _cp2_vs_cp1(family_name: str, packed: bool) -> dict[str, float]:
+    """One torchrun rank: tiny-model logits and loss gradients at CP=2 against the same weights at CP=1.
+
+    Gradients are summed over the CP group (as DDP's DP x CP reduction does) and compared
+    relative to each parameter's largest CP=1 gradient.
+    """
+    import torch.distributed as dist
     from megatron.core import parallel_state
     from megatron.core.packed_seq_params import PackedSeqParams
 
@@ -149,28 +156,35 @@ def _cp2_logits_diff(family_name: str, packed: bool) -> float:
 
     family = get_family(family_name)
     size = family.size("tiny")
-    tokens = torch.randint(0, size.vocab_size, (1, SEQ), generator=torch.Generator().manual_seed(1))
-    batch = {"tokens": tokens, "position_ids": torch.arange(SEQ).unsqueeze(0), "labels": tokens,
-             "loss_mask": torch.ones(1, SEQ)}
+    tokens = torch.randint(0, size.vocab_size, (2 - packed, SEQ), generator=torch.Generator().manual_seed(1))
+    batch = {"tokens": tokens, "position_ids": torch.arange(SEQ).expand_as(tokens), "labels": tokens.roll(-1, 1),
+             "loss_mask": torch.ones(tokens.shape)}
     params = PackedSeqParams(qkv_format="sbhd", cu_seqlens_q=PACKED_CU, cu_seqlens_kv=PACKED_CU,
                              max_seqlen_q=SEQ, max_seqlen_kv=SEQ) if packed else None
 
-    def logits(model: torch.nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
-        with torch.no_grad():
-            return model(b["tokens"], b["position_ids"], None, packed_seq_params=params)
+    def run(rt: Runtime, state: dict | None) -> tuple[dict, torch.Tensor, dict[str, torch.Tensor]]:
+        with model_parallel(rt):
+            config = family.transformer_config(size, rt)
+            config.calculate_per_token_loss = True  # as the trainer: MoE aux-loss gradients scale by tokens
+            model = family.build(size, rt, config=config)
+            if state is not None:
+                model.load_state_dict(state)
+            local = batch_on_this_cp_rank(batch)
+            with torch.no_grad():
+                logits = model(local["tokens"], local["position_ids"], None, packed_seq_params=params)
+            model(local["tokens"], local["position_ids"], None, labels=local["labels"],
+                  packed_seq_params=params).sum().backward()
+            grads = {name: p.grad for name, p in model.named_parameters()}
+            for grad in grads.values():
+                dist.all_reduce(grad, group=parallel_state.get_context_parallel_group())
+            return model.state_dict(), logits, grads
 
     torch.manual_seed(0)
-    with model_parallel(Runtime(seq_length=SEQ)):
-        model = family.build(size, Runtime(seq_length=SEQ)).eval()
-        state, expected = model.state_dict(), logits(model, batch)
-    rt = Runtime(cp=2, seq_length=SEQ)
-    with model_parallel(rt):
-        model = family.build(size, rt).eval()
-        model.load_state_dict(state)
-        local = batch_on_this_cp_rank(batch)
-        positions = cp_positions(SEQ // 2, 2, parallel_state.get_context_parallel_rank())
-        assert local["position_ids"][0].tolist() == positions.tolist()
-        return (logits(model, local) - expected[:, positions]).abs().max().item()
+    state, expected_logits, expected_grads = run(Runtime(seq_length=SEQ), None)
+    _, logits, grads = run(Runtime(cp=2, seq_length=SEQ), state)
+    positions = cp_positions(SEQ // 2, 2, int(os.environ["RANK"]))  # two ranks, both in one CP group
+    return {"logits": (logits - expected_logits[:, positions]).abs().max().item(),
+            "gradients": max(((grads[n] - g).abs().max() / g.abs().max()).item() for n, g in expected_grads.items())}
 
 
 if __name__ == "__main__":
@@ -178,4 +192,5 @@ if __name__ == "__main__":
 
     init_process_group()  # joined once: each model_parallel() above then leaves the group alone
     for case, (family_name, packed) in CASES.items():
-        print("MAXDIFF", case, os.environ["RANK"], _cp2_logits_diff(family_name, packed), flush=True)
+        for what, diff in _cp2_vs_cp1(family_name, packed).items():
+            print("MAXDIFF", case, os.environ["RANK"], what, diff, flush=True)

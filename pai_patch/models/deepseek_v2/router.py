@@ -45,3 +45,21 @@ class DeepseekV2Router(TopKRouter):
                 raise ValueError("moe_enable_routing_replay cannot be combined with DeepSeek-V2 group-limited "
                                  "routing: both replace the router's top-k selection")
             self.router_replay = GroupMaxTopk()
+
+    def attach_and_log_load_balancing_loss(self, activation: torch.Tensor, aux_loss_coeff: float,
+                                           aux_loss: torch.Tensor, aux_loss_name: str, reduce_group: Any,
+                                           reduce_group_has_dp: bool = False,
+                                           valid_token_count: Any = None) -> torch.Tensor:
+        """Scale the auxiliary loss's gradient by the tokens it was computed over, not this rank's.
+
+        Under per-token loss megatron-core multiplies a rank's aux loss by the rank's tokens,
+        and ``finalize_model_grads`` divides by the tokens of DP x CP.  With CP, or SP at TP>1,
+        a rank's aux loss is only its share of the loss over the tokens of its whole CP (TP)
+        group, so the aux-loss gradient came out CP (TP) times too small and such layouts
+        trained differently from one process.  Counting the group's tokens (ranks hold equal
+        shares) restores the single-process gradient.
+        """
+        if valid_token_count is not None and not reduce_group_has_dp:
+            valid_token_count = valid_token_count * reduce_group.size()
+        return super().attach_and_log_load_balancing_loss(activation, aux_loss_coeff, aux_loss, aux_loss_name,
+                                                          reduce_group, reduce_group_has_dp, valid_token_count)
