@@ -2,8 +2,11 @@
 
 Every run starts from the same converted checkpoint (a seeded HF model through
 ``convert hf2mcore``, torch_dist, which loads at any layout) and trains 10 steps on the
-same data; TP=2, PP=2, DP=2 under torchrun and the distributed optimizer must match the
-single-process run, and activation checkpointing (sel/full/offload) must not change the loss.
+same data; TP=2, PP=2 (also interleaved with VP=2, and uneven with one layer on the first
+stage), DP=2 under torchrun and the distributed optimizer must match the single-process run,
+and activation checkpointing (sel/full/offload) must not change the loss.  A virtual-pipeline
+run also starts from a legacy checkpoint (Megatron-LM's ``model0``/``model1`` rank files) and
+resumes from its own checkpoint.
 """
 
 from __future__ import annotations
@@ -30,6 +33,15 @@ def start(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def legacy_vp_start(start: Path) -> Path:
+    """The same weights as ``start``, as legacy rank files for PP=2 with two chunks per stage."""
+    hf = start.parent / "hf"
+    run_cli("convert", "hf2mcore", "--model", "qwen2_5", "--size", "tiny", "--hf", str(hf),
+            "--mcore", str(start.parent / "legacy_vp"), "--format", "legacy", "--pp", "2", "--vp", "2")
+    return start.parent / "legacy_vp"
+
+
+@pytest.fixture(scope="module")
 def reference(start: Path, corpus_prefix: str, tmp_path_factory: pytest.TempPathFactory) -> dict[int, float]:
     out = tmp_path_factory.mktemp("ref")
     _train(start, corpus_prefix, out)
@@ -49,12 +61,29 @@ def _max_diff(a: dict[int, float], b: dict[int, float]) -> float:
 
 @pytest.mark.dist
 @pytest.mark.parametrize("layout", [["parallel.tp=2"], ["parallel.pp=2"], [], ["parallel.distributed_optimizer=true"],
-                                    ["parallel.tp=2", "parallel.sequence_parallel=true"]],
-                         ids=["tp2", "pp2", "dp2", "dp2-distopt", "tp2-sp"])
+                                    ["parallel.tp=2", "parallel.sequence_parallel=true"],
+                                    ["parallel.pp=2", "parallel.vp=2"], ["parallel.pp=2", "parallel.pp0_layers=1"]],
+                         ids=["tp2", "pp2", "dp2", "dp2-distopt", "tp2-sp", "pp2-vp2", "pp2-first-stage-1-layer"])
 def test_two_process_layouts_match_single_process(layout: list[str], start: Path, corpus_prefix: str,
                                                   reference: dict[int, float], tmp_path: Path) -> None:
     _train(start, corpus_prefix, tmp_path, *layout, nproc=2)
     assert _max_diff(reference, losses(tmp_path)) < 1e-5
+
+
+@pytest.mark.dist
+def test_virtual_pipeline_from_legacy_chunks_resumes_exactly(legacy_vp_start: Path, corpus_prefix: str,
+                                                             reference: dict[int, float], tmp_path: Path) -> None:
+    vp = ("parallel.pp=2", "parallel.vp=2")
+    for _ in range(2):  # stops after step 5 with a checkpoint; the second run resumes from it
+        _train(legacy_vp_start, corpus_prefix, tmp_path, *vp, "train.exit_interval=5", nproc=2)
+    assert (tmp_path / "checkpoint" / "iter_0000005").is_dir()
+    assert _max_diff(reference, losses(tmp_path)) < 1e-5
+    # a legacy checkpoint holds one rank's chunks, so a run without VP is told to convert again
+    wrong = run_cli("train", "model.family=qwen2_5", "model.size=tiny", f"data.train_path={corpus_prefix}",
+                    f"output_dir={tmp_path / 'wrong'}", f"checkpoint.load={legacy_vp_start}", "train.seq_length=64",
+                    "train.train_iters=1", "parallel.pp=2", nproc=2, check=False)
+    assert wrong.returncode != 0
+    assert "legacy checkpoint written for TP=1 PP=2 EP=1 VP=2, but this run uses TP=1 PP=2 EP=1" in wrong.stderr
 
 
 @pytest.mark.parametrize("mode", ["sel", "full", "offload"])

@@ -125,6 +125,55 @@ def _host_tensor() -> Callable[..., Any]:
     return move
 
 
+def _first_dim_gather() -> Callable[..., torch.Tensor]:
+    """megatron's ``_gather_along_first_dim``, with ranks of different row counts as gloo can run it.
+
+    The MoE dispatcher gathers each TP rank's routed tokens (expert TP, e.g. TP=2 with EP=4),
+    and those counts differ; gloo all-gathers equal shapes only, so rows are padded to the
+    longest and trimmed back.  Equal counts use megatron's single collective, as before.
+    """
+
+    def gather(input_: torch.Tensor, group: Any, output_split_sizes: list[int] | None = None,
+               use_global_buffer: bool = False) -> torch.Tensor:
+        world = group.size()
+        if world == 1:
+            return input_
+        if output_split_sizes is None:
+            output = input_.new_empty(input_.shape[0] * world, *input_.shape[1:])
+            torch.distributed.all_gather_into_tensor(output, input_.contiguous(), group=group)
+            return output
+        padded = input_.new_zeros(max(output_split_sizes), *input_.shape[1:])
+        padded[: input_.shape[0]] = input_
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        torch.distributed.all_gather(parts, padded, group=group)
+        return torch.cat([part[:rows] for part, rows in zip(parts, output_split_sizes)])
+
+    return gather
+
+
+def _first_dim_reduce_scatter() -> Callable[..., torch.Tensor]:
+    """megatron's ``_reduce_scatter_along_first_dim``, with unequal pieces as gloo can run it.
+
+    The backward of the gather above; gloo has no reduce-scatter over a list of unequal
+    tensors, so the whole tensor is all-reduced and each rank keeps its own rows.
+    """
+
+    def reduce_scatter(input_: torch.Tensor, group: Any, input_split_sizes: list[int] | None = None,
+                       use_global_buffer: bool = False) -> torch.Tensor:
+        world = group.size()
+        if world == 1:
+            return input_
+        if input_split_sizes is None:
+            output = input_.new_empty(input_.shape[0] // world, *input_.shape[1:])
+            torch.distributed.reduce_scatter_tensor(output, input_.contiguous(), group=group)
+            return output
+        total = input_.contiguous().clone()
+        torch.distributed.all_reduce(total, group=group)
+        return total.split(input_split_sizes)[group.rank()].clone()
+
+    return reduce_scatter
+
+
 def _rng_get() -> Callable[..., torch.Tensor]:
     return _returning(torch.get_rng_state)
 
@@ -168,6 +217,10 @@ CPU_PATCHES: tuple[Patch, ...] = (
           "the tracker restores CUDA RNG states; restore the CPU generator instead"),
     Patch("megatron.core.transformer.moe.token_dispatcher", "maybe_move_tensor_to_cpu", _host_tensor(),
           "it converts only CUDA tensors, so on CPU the alltoall split sizes stay tensors and gloo rejects them"),
+    Patch("megatron.core.tensor_parallel.mappings", "_gather_along_first_dim", _first_dim_gather(),
+          "MoE with expert TP all-gathers unequal token counts, which gloo cannot"),
+    Patch("megatron.core.tensor_parallel.mappings", "_reduce_scatter_along_first_dim", _first_dim_reduce_scatter(),
+          "its backward reduce-scatters unequal pieces, which gloo cannot"),
 )
 
 _mode: CudaToCpuMode | None = None

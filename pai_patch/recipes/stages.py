@@ -122,14 +122,17 @@ def ensure_hf_base(recipe: Recipe, p: Paths) -> Path:
 def stage_convert(recipe: Recipe, p: Paths) -> None:
     hf = ensure_hf_base(recipe, p)
     c, par = recipe.convert, recipe.parallel
-    fp = _fingerprint([hf], to_dict(c) | {"tp": par.tp, "pp": par.pp, "ep": par.ep})
+    # legacy rank files also depend on the virtual-pipeline chunks and the first stage's layers
+    pipeline = {k: v for k, v in (("vp", par.vp), ("pp0-layers", par.pp0_layers)) if v is not None}
+    fp = _fingerprint([hf], to_dict(c) | {"tp": par.tp, "pp": par.pp, "ep": par.ep} | pipeline)
     if up_to_date(p.mcore_base, fp):
         return _skip("convert", p.mcore_base)
     if p.mcore_base.exists() and not dry_run():
         shutil.rmtree(p.mcore_base)
     run_command(_python("convert", "hf2mcore", "--model", recipe.model.family, "--size", recipe.model.size,
                         "--hf", str(hf), "--mcore", str(p.mcore_base), "--tp", str(par.tp), "--pp", str(par.pp),
-                        "--ep", str(par.ep), "--format", c.format, "--dtype", c.dtype))
+                        "--ep", str(par.ep), "--format", c.format, "--dtype", c.dtype,
+                        *(arg for key, value in pipeline.items() for arg in (f"--{key}", str(value)))))
     mark_done(p.mcore_base, fp)
 
 
