@@ -18,7 +18,9 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from megatron.core import parallel_state
 from megatron.core.packed_seq_params import PackedSeqParams
+from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel_region
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
@@ -61,8 +63,6 @@ def cp_to_sequence_order(gathered: torch.Tensor, cp_size: int) -> torch.Tensor:
 def gather_over_cp(local: torch.Tensor, cp_group: torch.distributed.ProcessGroup) -> torch.Tensor:
     """All CP ranks' keys (or values) in sequence order; the backward reduce-scatters the
     gradient so that each key gets the contributions of every rank's queries."""
-    from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel_region
-
     gathered = gather_from_sequence_parallel_region(local, tensor_parallel_output_grad=True, group=cp_group)
     return cp_to_sequence_order(gathered, cp_group.size())
 
@@ -86,8 +86,6 @@ class SDPACoreAttention(MegatronModule):
         super().__init__(config=config)
         self.cp_group = None
         if config.context_parallel_size > 1:
-            from megatron.core import parallel_state
-
             cp_group = getattr(pg_collection, "cp", None)
             self.cp_group = cp_group if cp_group is not None else parallel_state.get_context_parallel_group()
         self.attn_mask_type = attn_mask_type
@@ -106,7 +104,7 @@ class SDPACoreAttention(MegatronModule):
         packed_seq_params: Optional[PackedSeqParams] = None,
     ) -> torch.Tensor:
         query_positions = None
-        if self.cp_group is not None and self.cp_group.size() > 1:
+        if self.cp_group is not None:
             key, value = gather_over_cp(key, self.cp_group), gather_over_cp(value, self.cp_group)
             query_positions = cp_positions(query.shape[0], self.cp_group.size(), self.cp_group.rank(), query.device)
         causal = (attn_mask_type or self.attn_mask_type) == AttnMaskType.causal
@@ -123,7 +121,9 @@ def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *, causa
     """Attention of sbhd ``query`` [sq, b, h, dk] over ``key`` [sk, b, hkv, dk] and ``value`` [sk, b, hkv, dv].
 
     ``query_positions`` (CP) are the queries' positions in the key sequence; without them
-    the queries are the whole sequence.  Returns [sq, b, h*dv].
+    the queries are the whole sequence.  A dense ``attention_mask`` (non-causal layers) must
+    then already hold this rank's rows over all keys, as ``get_batch_on_this_cp_rank`` cuts
+    it.  Returns [sq, b, h*dv].
     """
     # [s, b, h, d] -> [b, h, s, d]
     q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
