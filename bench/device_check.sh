@@ -88,7 +88,7 @@ say "GPU tests: pytest -m gpu tests/gpu (${TEST_TIMEOUT:-90} s each, ${TESTS_BUD
 per_test=()
 "$PY" -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout "${TEST_TIMEOUT:-90}")
 timeout --kill-after 10 "${TESTS_BUDGET:-150}" "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/gpu \
-    "${per_test[@]}" --junitxml "$OUT/gpu_tests.xml" -rA || status=1
+    "${per_test[@]}" --junitxml "$OUT/gpu_tests.xml" -p no:logging -rfEsp || status=1
 
 say "results section (bench/record.py)"
 if [[ -f $OUT/bench_gpu.json ]]; then

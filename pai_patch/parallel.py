@@ -122,7 +122,11 @@ def init_model_parallel(rt: Runtime) -> None:
 
 @contextlib.contextmanager
 def model_parallel(rt: Runtime = Runtime()) -> Iterator[None]:
-    """Process group + megatron parallel state for tools (inspection, conversion, tests)."""
+    """Process group + megatron parallel state for tools (inspection, conversion, tests).
+
+    On a GPU, models initialise their weights on the device under megatron's CUDA RNG tracker,
+    which has no states until it is seeded; the CPU path initialises on the host and needs none.
+    """
     from megatron.core import parallel_state
 
     from pai_patch.patches import apply_patches
@@ -131,6 +135,10 @@ def model_parallel(rt: Runtime = Runtime()) -> Iterator[None]:
     owns_group = not dist.is_initialized()
     init_process_group()
     init_model_parallel(rt)
+    if torch.cuda.is_available():
+        from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+        model_parallel_cuda_manual_seed(1234)
     try:
         yield
     finally:
