@@ -127,10 +127,6 @@ def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *, causa
     """
     # [s, b, h, d] -> [b, h, s, d]
     q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
-    if k.shape[1] != q.shape[1]:  # grouped-query attention
-        repeat = q.shape[1] // k.shape[1]
-        k = k.repeat_interleave(repeat, dim=1)
-        v = v.repeat_interleave(repeat, dim=1)
     mask = None
     if cu_seqlens is not None:
         mask = packed_causal_mask(cu_seqlens, k.shape[2])
@@ -142,7 +138,14 @@ def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *, causa
         causal = False
     elif attention_mask is not None and not causal:
         mask = ~attention_mask  # megatron masks are True where attention is *blocked*
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal, scale=scale)
+    grouped = k.shape[1] != q.shape[1]
+    if grouped and mask is not None:
+        # SDPA's own GQA runs in the flash kernel only, which takes no mask: share the KV heads by copying
+        repeat = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+        grouped = False
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal, scale=scale,
+                                         enable_gqa=grouped)
     # [b, h, s, dv] -> [s, b, h*dv]
     b, h, s, dv = out.shape
     return out.permute(2, 0, 1, 3).reshape(s, b, h * dv)

@@ -170,6 +170,10 @@ class ModelFamily:
             bias_dropout_fusion=on_gpu,
             masked_softmax_fusion=on_gpu,
             apply_rope_fusion=on_gpu and rt.use_te,
+            # the unfused loss makes several fp32 passes over the [s, b, vocab] logits (5 GB for Qwen2.5 at
+            # seq 4096, micro batch 2); the fused one (TE's kernel, else megatron's compiled one) makes fewer
+            cross_entropy_loss_fusion=on_gpu,
+            cross_entropy_fusion_impl="te" if rt.use_te else "native",
             gradient_accumulation_fusion=False,
             # apex's persistent kernel only: TE norms ignore it and megatron's torch norm (local spec on a
             # GPU without apex) asserts it off
