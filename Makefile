@@ -31,7 +31,10 @@ $(STAMP): pyproject.toml requirements.lock
 
 setup: $(STAMP) ## create .venv and install pinned dependencies
 
-test: $(STAMP) ## fast tests (unit + small end-to-end)
+lint: $(STAMP) ## pyflakes-level checks (unused imports, undefined names) with ruff
+	$(VENV)/bin/ruff check -q pai_patch tests bench
+
+test: lint ## lint, then the fast tests (unit + small end-to-end)
 	$(PYTEST) -m "not slow"
 
 test-slow: $(STAMP) ## slow end-to-end tests only (multi-process, full pipeline)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 
 from pai_patch.models import get_family
 from pai_patch.models.base import ModelSize, Runtime
-from tests.conftest import free_port
+from tests.conftest import run_torchrun_script
 
 TOLERANCE = 1e-4
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,13 +102,9 @@ def test_logits_and_trainer_checkpoint_under_torchrun(tmp_path, tp, pp):
     hf = make_hf("qwen2_5", tmp_path / "hf")
     dist_dir = convert("qwen2_5", hf, tmp_path / "dist")  # written once, loaded at the run's TP/PP
     legacy_dir = convert("qwen2_5", hf, tmp_path / "legacy", fmt="legacy", tp=tp, pp=pp)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    run = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-         __file__, "--hf", str(hf), "--dist", str(dist_dir), "--legacy", str(legacy_dir), "--tp", str(tp),
-         "--pp", str(pp), "--save", str(tmp_path / "trained"), "--out", str(tmp_path / "result.json")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-4000:]
+    run_torchrun_script(__file__, "--hf", str(hf), "--dist", str(dist_dir), "--legacy", str(legacy_dir),
+                        "--tp", str(tp), "--pp", str(pp), "--save", str(tmp_path / "trained"),
+                        "--out", str(tmp_path / "result.json"))
     diffs = json.loads((tmp_path / "result.json").read_text())
     assert set(diffs) == {"torch_dist", "legacy"} and max(diffs.values()) < TOLERANCE, diffs
     # the trainer's checkpoint (written at TP/PP=2) loads at TP=1 and exports to HF bit-exactly

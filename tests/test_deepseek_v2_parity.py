@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,9 +17,8 @@ from pai_patch.convert.mapping import Fuse, Scope, WeightMapping
 from pai_patch.models import get_family
 from pai_patch.models.base import Runtime, padded_vocab_size
 from pai_patch.models.deepseek_v2 import DeepseekV2Size
-from tests.conftest import free_port
+from tests.conftest import run_torchrun_script
 
-ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-4
 
 
@@ -133,13 +129,9 @@ def test_logits_match_transformers(name: str) -> None:
 @pytest.mark.slow
 @pytest.mark.dist
 def test_logits_match_transformers_expert_parallel() -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-         __file__], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    diffs = [float(line.split()[-1]) for line in result.stdout.splitlines() if line.startswith("MAXDIFF")]
-    assert len(diffs) == 2 * len(variants()), result.stdout
+    stdout = run_torchrun_script(__file__)
+    diffs = [float(line.split()[-1]) for line in stdout.splitlines() if line.startswith("MAXDIFF")]
+    assert len(diffs) == 2 * len(variants()), stdout
     assert max(diffs) < TOLERANCE, diffs
 
 

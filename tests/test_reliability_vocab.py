@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from tests.conftest import run_cli
 from pai_patch.data.indexed import IndexedWriter
-from pai_patch.data.pretrain import preprocess_pretrain
 from pai_patch.data.sft import preprocess_sft
 from pai_patch.data.sidecar import sidecar_path, tokenizer_identity
 from pai_patch.data.tokenizer import load_tokenizer

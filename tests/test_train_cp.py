@@ -12,8 +12,6 @@ torchrun for that check: ``torchrun --nproc_per_node 2 tests/test_train_cp.py``.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,10 +19,9 @@ import torch
 
 from pai_patch.models.attention import attend, cp_positions, cp_to_sequence_order, packed_causal_mask
 from pai_patch.models.base import Runtime
-from tests.conftest import free_port, losses
+from tests.conftest import losses, run_torchrun_script
 from tests.test_train_parallel import STEPS, _max_diff, _train, reference, start  # noqa: F401 - fixtures
 
-ROOT = Path(__file__).resolve().parents[1]
 SEQ = 24
 PACKED_CU = torch.tensor([0, 7, 16, 21], dtype=torch.int32)  # three samples, then three padding positions
 
@@ -124,15 +121,11 @@ def test_cp2_training_matches_single_process(start: Path, corpus_prefix: str,  #
 @pytest.mark.slow
 @pytest.mark.dist
 def test_cp2_logits_and_gradients_equal_cp1() -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-         __file__], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    stdout = run_torchrun_script(__file__)
     diffs = {" ".join(line.split()[1:5]): float(line.split()[-1])
-             for line in result.stdout.splitlines() if line.startswith("MAXDIFF")}
+             for line in stdout.splitlines() if line.startswith("MAXDIFF")}
     assert sorted(diffs) == [f"{case} {rank} {what}" for case in sorted(CASES) for rank in "01"
-                             for what in ("gradients", "logits")], result.stdout
+                             for what in ("gradients", "logits")], stdout
     assert max(diffs.values()) < 1e-5, diffs
 
 

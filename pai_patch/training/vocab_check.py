@@ -15,7 +15,6 @@ Each check here stops the run first with one line naming the file, the numbers a
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 
