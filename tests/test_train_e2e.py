@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import losses, run_cli
 
 
@@ -37,11 +39,13 @@ def test_resume_is_bitwise_identical(corpus_prefix: str, tmp_path: Path) -> None
     assert all(a[i] == b[i] for i in a), [(i, a[i], b[i]) for i in a if a[i] != b[i]]
 
 
-def test_deepseek_logs_moe_aux_loss_and_expert_tokens(corpus_prefix: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("recompute", ["false", "full"])  # full replays the router in backward: not counted twice
+def test_deepseek_logs_moe_aux_loss_and_expert_tokens(recompute: str, corpus_prefix: str, tmp_path: Path) -> None:
     import json
 
     run_cli("train", "model.family=deepseek_v2", "model.size=tiny", f"data.train_path={corpus_prefix}",
-            f"output_dir={tmp_path}", "train.seq_length=64", "train.train_iters=3")
+            f"output_dir={tmp_path}", "train.seq_length=64", "train.train_iters=3", f"train.recompute={recompute}",
+            "train.recompute_layers=4")
     last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["moe/seq_load_balancing_loss"] > 0
     per_layer = last["moe/expert_tokens"]
