@@ -45,10 +45,7 @@ def test_dense_flops_per_token_match_a_hand_count():
 
 
 def test_moe_mla_flops_per_token_match_a_hand_count():
-    try:
-        size, cfg = config("deepseek_v2")
-    except KeyError:
-        pytest.skip("deepseek_v2 family not in this build")
+    size, cfg = config("deepseek_v2")
     # MLA: q 128*4*(32+16) = 24576, kv down 128*(32+16) = 6144, kv up 32*4*(32+32) = 8192,
     # out 4*32*128 = 16384 -> 55296; scores 4*(48+32)*64/2 = 10240.
     # layer 0 dense 3*128*384 = 147456; layers 1-3 MoE: router 128*8 + 3*128*(2*64 + 2*64) = 99328
