@@ -22,6 +22,7 @@ from pai_patch.configio import ConfigError, to_dict
 from pai_patch.recipes.launch import dry_run, run_command, train_command
 from pai_patch.recipes.resolve import Paths, load_recipe, paths, resolve_path, train_config
 from pai_patch.recipes.schema import Recipe
+from pai_patch.utils import write_text_atomic
 
 STAGES = ("data", "convert", "pretrain", "sft", "export", "eval", "generate")
 SERVICES = ("serve",)  # run until stopped, so never part of the pipeline
@@ -64,7 +65,7 @@ def up_to_date(output: Path, fingerprint: str) -> bool:
 
 def mark_done(output: Path, fingerprint: str) -> None:
     if not dry_run():
-        _stamp_path(output).write_text(fingerprint + "\n")
+        write_text_atomic(_stamp_path(output), fingerprint + "\n")
 
 
 def _skip(stage: str, output: Path) -> None:
@@ -154,9 +155,10 @@ def _training_stage(stage: str) -> Callable[[Recipe, Paths], None]:
         _validate(recipe, cfg)
         job = out / "job.yaml"
         if not dry_run():
-            out.mkdir(parents=True, exist_ok=True)
-            job.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-            (out / "recipe.resolved.yaml").write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
+            # atomic: on PAI-DLC every node runs this stage on the shared output directory, and one
+            # node's workers may be reading job.yaml while another node rewrites it
+            write_text_atomic(job, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+            write_text_atomic(out / "recipe.resolved.yaml", yaml.safe_dump(to_dict(recipe), sort_keys=False))
             from pai_patch.reproduce.lock import recipe_files, run_lock, write_run_lock
 
             write_run_lock(out, run_lock(tokenizer=recipe.data.tokenizer, files=recipe_files(recipe, p.data),
