@@ -45,10 +45,11 @@ class Stack:
 def _cpu_precision(rt):  # noqa: ANN001, ANN202
     """bf16/fp16 on a machine without CUDA train in fp32, and say so.
 
-    CPU half-precision matmuls are emulated (slow, and no faster than fp32), and megatron-core
-    0.16.1's half-precision optimizers cannot write their checkpoint without TE/Apex.  The
+    CPU half-precision matmuls are emulated (slower than fp32), and the CPU runs are the ones
+    compared exactly (layouts, resume, golden losses), which bf16 rounding would blur.  The
     seeds' `PR=bf16` commands therefore still run here, with fp32 numerics; on GPUs the
-    requested precision is used.
+    requested precision is used.  (bf16 itself works on the CPU: ``tests/test_image_gpu_bench.py``
+    trains, saves and resumes it with the distributed optimizer.)
     """
     if rt.precision in ("bf16", "fp16") and not torch.cuda.is_available():
         log.warning("no CUDA: %s requested, training in fp32 on CPU", rt.precision)
