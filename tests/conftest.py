@@ -54,13 +54,20 @@ def run_cli(*args: str, nproc: int = 1, env: dict[str, str] | None = None, check
 
 def run_torchrun_script(script: str | Path, *args: str, nproc: int = 2, timeout: int = 600) -> str:
     """Run a test file as its own ``torchrun`` job (one thread per rank) and return its stdout;
-    a non-zero exit fails the test with the tail of both streams."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    a non-zero exit fails the test with the tail of both streams.  The ranks share one stdout
+    pipe, so they report with :func:`report_line`."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
            "--master_port", str(free_port()), str(script), *args]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
+
+
+def report_line(*fields: object) -> None:
+    """One line to stdout in a single write: torchrun runs its ranks unbuffered (``python -u``),
+    where ``print`` writes each piece separately and two ranks' lines can interleave."""
+    sys.stdout.write(" ".join(map(str, fields)) + "\n")
 
 
 def losses(run_dir: Path) -> dict[int, float]:

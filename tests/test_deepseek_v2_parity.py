@@ -17,7 +17,7 @@ from pai_patch.convert.mapping import Fuse, Scope, WeightMapping
 from pai_patch.models import get_family
 from pai_patch.models.base import Runtime, padded_vocab_size
 from pai_patch.models.deepseek_v2 import DeepseekV2Size
-from tests.conftest import run_torchrun_script
+from tests.conftest import report_line, run_torchrun_script
 
 TOLERANCE = 1e-4
 
@@ -140,5 +140,4 @@ if __name__ == "__main__":  # one torchrun rank: EP=2 over the routed experts
 
     init_process_group()  # joined once: each model_parallel() below then leaves the group alone
     for variant in variants().values():
-        print("MAXDIFF", variant.name, os.environ["RANK"], max_logit_diff(variant, Runtime(ep=2, seq_length=24)),
-              flush=True)
+        report_line("MAXDIFF", variant.name, os.environ["RANK"], max_logit_diff(variant, Runtime(ep=2, seq_length=24)))

@@ -19,7 +19,7 @@ import torch
 
 from pai_patch.models.attention import attend, cp_positions, cp_to_sequence_order, packed_causal_mask
 from pai_patch.models.base import Runtime
-from tests.conftest import losses, run_torchrun_script
+from tests.conftest import losses, report_line, run_torchrun_script
 from tests.test_train_parallel import STEPS, _max_diff, _train, reference, start  # noqa: F401 - fixtures
 
 SEQ = 24
@@ -186,4 +186,4 @@ if __name__ == "__main__":
     init_process_group()  # joined once: each model_parallel() above then leaves the group alone
     for case, (family_name, packed) in CASES.items():
         for what, diff in _cp2_vs_cp1(family_name, packed).items():
-            print("MAXDIFF", case, os.environ["RANK"], what, diff, flush=True)
+            report_line("MAXDIFF", case, os.environ["RANK"], what, diff)
