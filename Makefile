@@ -38,7 +38,7 @@ test: lint ## lint, then the fast tests (unit + small end-to-end)
 	$(PYTEST) -m "not slow"
 
 test-slow: $(STAMP) ## slow end-to-end tests only (multi-process, full pipeline)
-	$(PYTEST) -m "slow" tests --ignore=tests/faults
+	$(PYTEST) -m "slow" tests --ignore=tests/faults --durations=15
 
 test-all: $(STAMP) ## the whole suite, as CI runs it
 	$(PYTEST) tests
