@@ -39,6 +39,21 @@ def test_inspect_prints_header_stats_and_sample(prefix, capsys):
     assert "version 1, dtype uint16 (code 8), 3 sequences, 3 documents" in out
     assert "9 total" in out and "min 2" in out and "max 4" in out
     assert "document 1 (3 tokens)" in out
+    assert "tokenizer: unknown; sidecar none (made by another tool)" in out
+
+
+def test_inspect_names_the_tokenizer_from_the_sidecar(prefix, capsys):
+    from pai_patch.data.sidecar import tokenizer_identity, write_sidecar
+    from pai_patch.data.tokenizer import load_tokenizer
+
+    identity = tokenizer_identity(load_tokenizer("shipped"), "shipped")
+    write_sidecar(prefix, identity, max_token_id=10)
+    assert main(["data", "inspect", str(prefix)]) == 0
+    assert f"tokenizer: shipped ({identity.vocab_size} ids, fingerprint {identity.fingerprint[:12]})" in \
+        capsys.readouterr().out
+    prefix.with_suffix(".bin").write_bytes(prefix.with_suffix(".bin").read_bytes() + b"\0\0")  # data replaced
+    main(["data", "inspect", str(prefix)])
+    assert "tokenizer: unknown; sidecar stale: describes another .bin" in capsys.readouterr().out
 
 
 def test_truncated_bin(prefix, capsys):

@@ -79,6 +79,7 @@ def _inspect(args: argparse.Namespace, prefix: str) -> int:
         data = ds.data[: int(lengths.sum())]
         print(f"tokens: {int(lengths.sum())} total; sequence length min {lengths.min()}, mean {lengths.mean():.1f}, "
               f"median {int(np.median(lengths))}, max {lengths.max()}; token ids {int(data.min())}..{int(data.max())}")
+    print(_tokenizer_line(prefix))
     if args.tokenizer and ds.num_documents:
         from pai_patch.data.tokenizer import load_tokenizer
 
@@ -88,6 +89,17 @@ def _inspect(args: argparse.Namespace, prefix: str) -> int:
         ids = np.concatenate(ds.document(args.sample)).tolist()
         print(f"document {args.sample} ({len(ids)} tokens): {tokenizer.decode(ids)!r}")
     return 0
+
+
+def _tokenizer_line(prefix: str) -> str:
+    """Which tokenizer made the data, from its sidecar (``pai_patch.data.sidecar``)."""
+    from pai_patch.data.sidecar import read_sidecar, sidecar_path
+
+    record = read_sidecar(prefix)
+    if record is None:
+        state = "stale: describes another .bin" if sidecar_path(prefix).is_file() else "none (made by another tool)"
+        return f"tokenizer: unknown; sidecar {state}"
+    return f"tokenizer: {record.tokenizer.describe()}, from {sidecar_path(prefix)}"
 
 
 def run(args: argparse.Namespace) -> int:
