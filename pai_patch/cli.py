@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -58,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except (CliError, KeyError, ValueError, FileNotFoundError) as err:
+        if os.environ.get("PAI_PATCH_TRACEBACK", "0") not in ("", "0"):
+            raise  # the whole traceback, for an error whose one line is not enough
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {message}", file=sys.stderr)
         return 2

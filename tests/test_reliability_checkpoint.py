@@ -36,7 +36,7 @@ def fake_save(monkeypatch):
 
 def _save(root: Path, iteration: int, keep_last: int | None = None) -> Path:
     return ck.save_checkpoint(root, iteration, [], None, None, consumed_samples=iteration * 4, world_size=1,
-                              keep_last=keep_last)
+                              model_layout={"tp": 1, "pp": 1}, keep_last=keep_last)
 
 
 def test_save_writes_verified_checkpoint_and_tracker(tmp_path, fake_save):
@@ -86,7 +86,7 @@ def test_load_error_names_tracker_and_older_checkpoints(tmp_path, fake_save):
     _save(tmp_path, 4)
     (tmp_path / "iter_0000004" / "common.pt").write_bytes(b"COMMON")  # same size, other bytes
     with pytest.raises(ck.CheckpointError) as err:
-        ck.load_checkpoint(tmp_path, [], None, None, world_size=1)
+        ck.load_checkpoint(tmp_path, [], None, None, world_size=1, model_layout={"tp": 1, "pp": 1})
     text = str(err.value)
     assert "common.pt: CRC-32" in text and "= 4)" in text and "other checkpoints here: iter_0000002" in text
 

@@ -43,8 +43,11 @@ def _set_present_optimizer_states() -> Any:
     """``DistributedOptimizer._set_main_param_and_optimizer_states`` that copies the states it is given.
 
     Without TE or Apex megatron falls back to ``torch.optim.AdamW``, whose per-parameter state
-    also holds ``step``; the checkpoint loader restores ``step`` itself and passes only the
-    main parameter and the moments, so the original's copy of every state key raises KeyError.
+    also holds ``step``.  The loader restores ``step`` itself, from the saved parameter groups;
+    the tensors it passes hold the main parameter and the moments, plus (dp_reshardable) a
+    ``padding`` flag and a ``step`` that is this run's placeholder, not the saved one.  So only the
+    parameter and the moments are copied: the original's copy of every state key raises KeyError
+    (fully_reshardable) or resets every step counter to the placeholder (dp_reshardable).
     """
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
@@ -56,8 +59,14 @@ def _set_present_optimizer_states() -> Any:
         group_index, group_order = self.model_param_group_index_map[model_param]
         main_param = self.optimizer.param_groups[group_index]["params"][group_order]
         destination = {"param": main_param, **self.optimizer.state[main_param]}
-        for key, value in tensors.items():
-            destination[key].copy_(value)
+        for key, target in destination.items():
+            if key == "step":
+                continue
+            if key not in tensors:
+                raise KeyError(f"distributed optimizer checkpoint: no {key!r} state for a parameter of shape "
+                               f"{tuple(model_param.shape)}")
+            with torch.no_grad():  # the main parameter is a leaf that requires grad
+                target.copy_(tensors[key])
         return None
 
     return set_states

@@ -208,16 +208,25 @@ def _model_state(model_chunks: list[torch.nn.Module]) -> dict[str, Any]:
     return {f"model{i}": unwrap(chunk).sharded_state_dict() for i, chunk in enumerate(model_chunks)}
 
 
-def _state(model_chunks, optimizer, scheduler, *, is_loading: bool, extra: dict[str, Any]) -> dict[str, Any]:
+def optimizer_format(optimizer, requested: str) -> str:  # noqa: ANN001
+    """The format the optimizer state is saved in: ``requested`` for megatron's distributed optimizer,
+    ``model_space`` for a regular one (its state has the parameters' shapes: loads at any layout)."""
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    parts = getattr(optimizer, "chained_optimizers", [optimizer])
+    return requested if any(isinstance(o, DistributedOptimizer) for o in parts) else "model_space"
+
+
+def _state(model_chunks, optimizer, scheduler, *, is_loading: bool, extra: dict[str, Any],
+           sharding: str) -> dict[str, Any]:
     from megatron.core.dist_checkpointing.mapping import ShardedObject
 
     rank, world = dist.get_rank(), dist.get_world_size()
     state = _model_state(model_chunks)
     # kept nested: virtual-pipeline chunks reuse local names (``decoder.layers.0``), so merging would drop one
     models = dict(state)
-    # fully_reshardable: the distributed optimizer's state loads at any other DP/TP/PP layout
-    state["optimizer"] = optimizer.sharded_state_dict(
-        models, is_loading=is_loading, metadata={"distrib_optim_sharding_type": "fully_reshardable"})
+    metadata = {"distrib_optim_sharding_type": sharding} if sharding != "model_space" else {}
+    state["optimizer"] = optimizer.sharded_state_dict(models, is_loading=is_loading, metadata=metadata)
     state["opt_param_scheduler"] = scheduler.state_dict()
     state["rng_state"] = ShardedObject("rng_state", _rng_state(), (world,), (rank,), replica_id=0)
     state["checkpoint_version"] = CHECKPOINT_VERSION
@@ -374,7 +383,8 @@ def _disk_hint(err: BaseException, root: Path) -> str:
 
 
 def save_checkpoint(root: str | Path, iteration: int, model_chunks, optimizer, scheduler, *,
-                    consumed_samples: int, world_size: int, keep_last: int | None = None) -> Path:
+                    consumed_samples: int, world_size: int, model_layout: dict[str, Any],
+                    optimizer_format_requested: str = "dp_reshardable", keep_last: int | None = None) -> Path:
     """Write ``iter_N`` atomically, then point the tracker at it, then apply retention.
 
     The files go to a uniquely named ``.tmp-iter_N-<token>`` directory (an orphaned writer
@@ -411,9 +421,11 @@ def save_checkpoint(root: str | Path, iteration: int, model_chunks, optimizer, s
 
     try:
         _on_all_ranks(make_tmp, root)
-        extra = {"iteration": iteration, "consumed_samples": consumed_samples, "world_size": world_size}
-        state = _on_all_ranks(lambda: _state(model_chunks, optimizer, scheduler, is_loading=False, extra=extra),
-                              root)
+        sharding = optimizer_format(optimizer, optimizer_format_requested)
+        extra = {"iteration": iteration, "consumed_samples": consumed_samples, "world_size": world_size,
+                 "optimizer_format": sharding, "model_layout": model_layout}
+        state = _on_all_ranks(lambda: _state(model_chunks, optimizer, scheduler, is_loading=False, extra=extra,
+                                             sharding=sharding), root)
         _write_state(state, tmp, root)
         files = _merge(_gather(_on_all_ranks(lambda: _describe_share(tmp), root)))
         _on_all_ranks(lambda: commit(files), root)
@@ -470,8 +482,12 @@ def _check_compatible(directory: Path, template: dict[str, Any]) -> None:
                                   "model or size")
 
 
-def load_checkpoint(root: str | Path, model_chunks, optimizer, scheduler, *, world_size: int
-                    ) -> dict[str, Any]:
+def _layout(layout: dict[str, Any]) -> str:
+    return " ".join(f"{k.upper()}={v}" for k, v in layout.items() if v is not None)
+
+
+def load_checkpoint(root: str | Path, model_chunks, optimizer, scheduler, *, world_size: int,
+                    model_layout: dict[str, Any]) -> dict[str, Any]:
     """Resume everything from the tracker's iteration; returns iteration and consumed samples."""
     from megatron.core import dist_checkpointing
 
@@ -487,8 +503,17 @@ def load_checkpoint(root: str | Path, model_chunks, optimizer, scheduler, *, wor
                 f"(write one's iteration into {Path(root) / TRACKER} to resume from it)") if others else ""
         raise CheckpointError(f"{err} (resuming from {Path(root) / TRACKER} = {iteration}){hint}") from None
     _materialize_optimizer_state(optimizer)
-    template = _state(model_chunks, optimizer, scheduler, is_loading=True, extra={})
     common = dist_checkpointing.load_common_state_dict(str(directory))
+    # checkpoints written before the format was recorded used fully_reshardable
+    sharding = common.get("optimizer_format", optimizer_format(optimizer, "fully_reshardable"))
+    saved_layout = common.get("model_layout")
+    if sharding == "dp_reshardable" and saved_layout is not None and saved_layout != model_layout:
+        raise CheckpointError(
+            f"{directory}: its distributed-optimizer state was saved as dp_reshardable at {_layout(saved_layout)}, "
+            f"which resumes at another DP size but not at {_layout(model_layout)}; resume at the saved layout and "
+            "save with checkpoint.optimizer_format=fully_reshardable to change it, or start from its weights only "
+            "(checkpoint.load=<that run's checkpoint dir>, checkpoint.finetune=true)")
+    template = _state(model_chunks, optimizer, scheduler, is_loading=True, extra={}, sharding=sharding)
     same_world = common.get("world_size") == world_size
     if not same_world:
         template.pop("rng_state")  # RNG states are per rank; a new layout starts its own

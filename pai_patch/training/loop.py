@@ -236,16 +236,24 @@ class Trainer:
         no_sync = [m.no_sync for m in self.model]
         config.no_sync_func = no_sync[0] if len(no_sync) == 1 else no_sync
 
+    @property
+    def model_layout(self) -> dict[str, Any]:
+        """What shapes the model's (and a dp_reshardable optimizer's) shards: checked when resuming."""
+        rt = self.rt
+        return {"tp": rt.tp, "pp": rt.pp, "ep": rt.ep, "etp": rt.etp, "vp": rt.vp, "pp0_layers": rt.pp0_layers}
+
     def _restore(self) -> tuple[int, int]:
         from pai_patch.training.checkpointing import is_training_checkpoint, load_checkpoint, read_tracker, unwrap
 
         ck = self.cfg.checkpoint
         if read_tracker(self.save_root) is not None:
-            state = load_checkpoint(self.save_root, self.model, self.optimizer, self.scheduler, world_size=self.world)
+            state = load_checkpoint(self.save_root, self.model, self.optimizer, self.scheduler, world_size=self.world,
+                                    model_layout=self.model_layout)
             return state["iteration"], state["consumed_samples"]
         if ck.load:
             if not ck.finetune and is_training_checkpoint(ck.load):
-                state = load_checkpoint(ck.load, self.model, self.optimizer, self.scheduler, world_size=self.world)
+                state = load_checkpoint(ck.load, self.model, self.optimizer, self.scheduler, world_size=self.world,
+                                        model_layout=self.model_layout)
                 return state["iteration"], state["consumed_samples"]
             from pai_patch.convert.io import load_model_checkpoint
 
@@ -314,7 +322,9 @@ class Trainer:
         from pai_patch.training.checkpointing import save_checkpoint
 
         save_checkpoint(self.save_root, self.iteration, self.model, self.optimizer, self.scheduler,
-                        consumed_samples=self.consumed, world_size=self.world, keep_last=self.cfg.checkpoint.keep_last)
+                        consumed_samples=self.consumed, world_size=self.world, model_layout=self.model_layout,
+                        optimizer_format_requested=self.cfg.checkpoint.optimizer_format,
+                        keep_last=self.cfg.checkpoint.keep_last)
 
     def fit(self) -> dict[str, Any]:
         from pai_patch.training.monitor import Monitor
