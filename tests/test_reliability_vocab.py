@@ -16,6 +16,7 @@ from pai_patch.data.tokenizer import load_tokenizer
 from pai_patch.models import get_family
 from pai_patch.training import vocab_check
 from pai_patch.training.config import TrainConfig
+from pai_patch.training.data import tokenizer_for
 from pai_patch.training.vocab_check import VocabularyError, check_vocabulary, largest_token_id
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +45,10 @@ def _cfg(train_path: str | None, tokenizer: str = "shipped", **data) -> TrainCon
     return cfg
 
 
+def _check(cfg: TrainConfig) -> None:
+    check_vocabulary(cfg, TINY, tokenizer_for(cfg))
+
+
 def _megatron_tool_dataset(tmp_path: Path, ids: list[int]) -> str:
     """A dataset as Megatron-LM's preprocess_data.py leaves it: .bin/.idx, no sidecar."""
     prefix = str(tmp_path / "mlm_text_document")
@@ -54,15 +59,15 @@ def _megatron_tool_dataset(tmp_path: Path, ids: list[int]) -> str:
 
 
 def test_matching_tokenizer_data_and_model_pass(corpus_prefix, tmp_path):
-    check_vocabulary(_cfg(corpus_prefix), TINY)
-    check_vocabulary(_cfg(corpus_prefix + ".bin"), TINY)  # named by its .bin
-    check_vocabulary(_cfg(_megatron_tool_dataset(tmp_path, [5, 1017, 9])), TINY)  # no sidecar, ids in range
+    _check(_cfg(corpus_prefix))
+    _check(_cfg(corpus_prefix + ".bin"))  # named by its .bin
+    _check(_cfg(_megatron_tool_dataset(tmp_path, [5, 1017, 9])))  # no sidecar, ids in range
 
 
 def test_tokenizer_larger_than_the_model_vocabulary(tmp_path, tok, corpus_prefix):
     big = _tokenizer_with(tmp_path, tok, 1100)  # 2118 ids, tiny's embedding has 2048 rows
     with pytest.raises(VocabularyError) as err:
-        check_vocabulary(_cfg(corpus_prefix, big), TINY)
+        _check(_cfg(corpus_prefix, big))
     assert str(err.value).startswith(f"data.tokenizer: {big} (2118 ids, fingerprint ")
     assert "more ids than model qwen2_5 tiny has embedding rows (2048: vocab_size 2048 padded" in str(err.value)
 
@@ -70,7 +75,7 @@ def test_tokenizer_larger_than_the_model_vocabulary(tmp_path, tok, corpus_prefix
 def test_sidecar_of_another_tokenizer(tmp_path, tok, corpus_prefix):
     other = _tokenizer_with(tmp_path, tok, 1)  # same size class, one id more: another id table
     with pytest.raises(VocabularyError) as err:
-        check_vocabulary(_cfg(corpus_prefix, other), TINY)
+        _check(_cfg(corpus_prefix, other))
     text = str(err.value)
     assert text.startswith(f"data.train_path: {corpus_prefix} was tokenized with ")
     assert f"(1018 ids, fingerprint {tokenizer_identity(tok).fingerprint[:12]}) ({sidecar_path(corpus_prefix)})" in text
@@ -80,7 +85,7 @@ def test_sidecar_of_another_tokenizer(tmp_path, tok, corpus_prefix):
 def test_dataset_without_sidecar_holding_ids_beyond_the_tokenizer(tmp_path, tok):
     prefix = _megatron_tool_dataset(tmp_path, [3, 1500, 7])
     with pytest.raises(VocabularyError) as err:
-        check_vocabulary(_cfg(prefix), TINY)
+        _check(_cfg(prefix))
     assert str(err.value) == (f"data.train_path: {prefix}.bin holds token id 1500, but data.tokenizer shipped "
                               f"(1018 ids, fingerprint {tokenizer_identity(tok).fingerprint[:12]}) has ids "
                               "0..1017 only; the data was tokenized with another tokenizer")
@@ -91,15 +96,15 @@ def test_valid_path_and_sft_token_files_are_checked(tmp_path, tok, corpus_prefix
     preprocess_sft(ROOT / "pai_patch/assets/corpus/sft_train.json", load_tokenizer(other), tmp_path / "s",
                    seq_length=64, progress=False)
     with pytest.raises(VocabularyError, match=r"^data\.train_path: .*s_text_document was tokenized with"):
-        check_vocabulary(_cfg(str(tmp_path / "s"), sft=True), TINY)
+        _check(_cfg(str(tmp_path / "s"), sft=True))
     with pytest.raises(VocabularyError, match=r"^data\.valid_path: .*mlm_text_document\.bin holds token id 2000"):
-        check_vocabulary(_cfg(corpus_prefix, valid_path=_megatron_tool_dataset(tmp_path, [2000])), TINY)
-    check_vocabulary(_cfg(str(tmp_path / "s"), other, sft=True), TINY)
+        _check(_cfg(corpus_prefix, valid_path=_megatron_tool_dataset(tmp_path, [2000])))
+    _check(_cfg(str(tmp_path / "s"), other, sft=True))
 
 
 def test_raw_json_and_missing_data_are_left_to_their_own_checks(tmp_path):
-    check_vocabulary(_cfg(str(ROOT / "pai_patch/assets/corpus/sft_train.json"), sft=True, type="raw"), TINY)
-    check_vocabulary(_cfg(str(tmp_path / "nodata_text_document")), TINY)  # the builder names the missing file
+    _check(_cfg(str(ROOT / "pai_patch/assets/corpus/sft_train.json"), sft=True, type="raw"))
+    _check(_cfg(str(tmp_path / "nodata_text_document")))  # the builder names the missing file
 
 
 def test_large_bin_is_sampled_within_the_budget(monkeypatch):

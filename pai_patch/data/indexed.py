@@ -40,6 +40,14 @@ def optimal_dtype(vocab_size: int) -> type[np.number]:
     return np.uint16 if vocab_size < 65500 else np.int32
 
 
+def dataset_prefix(path: str) -> str:
+    """The idxmap prefix of a dataset named by its prefix, its ``.bin`` or its ``.idx``."""
+    for suffix in (".bin", ".idx"):
+        if path.endswith(suffix):
+            return path[: -len(suffix)]
+    return path
+
+
 def bin_path(prefix: str | os.PathLike) -> Path:
     return Path(f"{prefix}.bin")
 

@@ -14,7 +14,7 @@ import argparse
 import numpy as np
 
 from pai_patch.cli import CliError
-from pai_patch.data.indexed import HEADER_SIZE, IndexedReader, bin_path, idx_path, read_header
+from pai_patch.data.indexed import HEADER_SIZE, IndexedReader, bin_path, dataset_prefix, idx_path, read_header
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,10 +26,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ins.add_argument("--sample", type=int, default=0, help="which document to decode")
     val = sub.add_parser("validate", help="check header, pointers, lengths vs .bin size, monotone document index")
     val.add_argument("prefix")
-
-
-def _prefix(path: str) -> str:
-    return path[:-4] if path.endswith((".bin", ".idx")) else path
 
 
 def first_inconsistency(prefix: str) -> str | None:
@@ -103,7 +99,7 @@ def _tokenizer_line(prefix: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    prefix = _prefix(args.prefix)
+    prefix = dataset_prefix(args.prefix)
     if args.action == "inspect":
         return _inspect(args, prefix)
     problem = first_inconsistency(prefix)

@@ -23,6 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pai_patch.data.indexed import dataset_prefix
 from pai_patch.data.sidecar import SUFFIX as SIDECAR_SUFFIX
 from pai_patch.recipes.resolve import ROOT, resolve_path
 
@@ -145,7 +146,7 @@ def training_run_files(cfg: Any) -> dict[str, Path]:
         if d.type == "raw":
             files[f"data.{kind}"] = Path(path)
         else:  # `train_path=x_text_document.bin` names the same dataset as the bare prefix
-            files.update(dataset_files(kind, path.removesuffix(".bin").removesuffix(".idx")))
+            files.update(dataset_files(kind, dataset_prefix(path)))
     return files
 
 

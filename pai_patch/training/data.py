@@ -16,6 +16,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import Dataset
 
+from pai_patch.data.indexed import dataset_prefix
 from pai_patch.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -39,13 +40,6 @@ def tokenizer_for(cfg: TrainConfig):  # noqa: ANN201 - an HF tokenizer
     from pai_patch.data.tokenizer import load_tokenizer
 
     return load_tokenizer(cfg.data.tokenizer)
-
-
-def _strip_idx_suffix(path: str) -> str:
-    for suffix in (".bin", ".idx"):
-        if path.endswith(suffix):
-            return path[: -len(suffix)]
-    return path
 
 
 def _check_prefix(prefix: str, what: str, seq_length: int | None = None) -> None:
@@ -74,8 +68,8 @@ def build_pretrain_datasets(cfg: TrainConfig, tokenizer, num_samples: tuple[int,
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
-    train = _strip_idx_suffix(cfg.data.train_path or "")
-    valid = _strip_idx_suffix(cfg.data.valid_path or train)
+    train = dataset_prefix(cfg.data.train_path or "")
+    valid = dataset_prefix(cfg.data.valid_path or train)
     _check_prefix(train, "data.train_path", cfg.train.seq_length)
     _check_prefix(valid, "data.valid_path", cfg.train.seq_length)
     view = MegatronTokenizerView(
@@ -107,7 +101,7 @@ def build_sft_datasets(cfg: TrainConfig, tokenizer) -> tuple[Dataset, Dataset | 
     def one(path: str | None) -> Dataset | None:
         if path is None:
             return None
-        return build_sft_dataset(path if raw else _strip_idx_suffix(path), tokenizer, seq, raw=raw,
+        return build_sft_dataset(path if raw else dataset_prefix(path), tokenizer, seq, raw=raw,
                                  pack=cfg.data.pack, seed=cfg.train.seed)
 
     if cfg.data.train_path is None:

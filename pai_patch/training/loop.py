@@ -195,6 +195,7 @@ class Trainer:
         from pai_patch.patches import apply_patches
         from pai_patch.training.backend import choose_backend
         from pai_patch.training.moe_stats import ExpertTokenCounter
+        from pai_patch.training.data import tokenizer_for
         from pai_patch.training.vocab_check import check_vocabulary
 
         self.cfg = cfg
@@ -208,7 +209,8 @@ class Trainer:
         layout = validate_layout(size, self.rt, self.world, global_batch=t.global_batch_size,
                                  micro_batch=t.micro_batch_size, num_experts=family.num_routed_experts(size),
                                  seq_length=self.rt.seq_length)
-        check_vocabulary(cfg, size)
+        self.tokenizer = tokenizer_for(cfg)
+        check_vocabulary(cfg, size, self.tokenizer)
         init_process_group()
         init_model_parallel(self.rt)
         _seed_everything(t.seed)
@@ -263,9 +265,9 @@ class Trainer:
 
     # ---- data ------------------------------------------------------------------------
     def _datasets(self):  # noqa: ANN202
-        from pai_patch.training.data import build_pretrain_datasets, build_sft_datasets, tokenizer_for
+        from pai_patch.training.data import build_pretrain_datasets, build_sft_datasets
 
-        tokenizer = tokenizer_for(self.cfg)
+        tokenizer = self.tokenizer
         if self.cfg.data.sft:
             return build_sft_datasets(self.cfg, tokenizer)
         t = self.cfg.train

@@ -19,7 +19,7 @@ import logging
 import numpy as np
 
 from pai_patch.cli import CliError
-from pai_patch.data.indexed import IndexedReader, bin_path
+from pai_patch.data.indexed import IndexedReader, bin_path, dataset_prefix
 from pai_patch.data.sidecar import TokenizerIdentity, read_sidecar, sidecar_path, tokenizer_identity
 from pai_patch.models.base import ModelSize, padded_vocab_size
 from pai_patch.training.config import TrainConfig
@@ -48,7 +48,7 @@ def _token_prefix(path: str, sft: bool) -> str:
     """The idxmap prefix holding the token ids of a configured data path."""
     from pai_patch.data.sft import TOKENS_SUFFIX, sft_prefix
 
-    prefix = path.removesuffix(".bin").removesuffix(".idx")
+    prefix = dataset_prefix(path)
     return sft_prefix(prefix) + TOKENS_SUFFIX if sft else prefix
 
 
@@ -74,11 +74,10 @@ def _check_dataset(what: str, prefix: str, tokenizer: TokenizerIdentity) -> None
             f"0..{tokenizer.vocab_size - 1} only; the data was tokenized with another tokenizer")
 
 
-def check_vocabulary(cfg: TrainConfig, size: ModelSize) -> None:
-    """Raise VocabularyError when the tokenizer, the datasets and the model disagree (see module doc)."""
-    from pai_patch.training.data import tokenizer_for
-
-    tokenizer = tokenizer_identity(tokenizer_for(cfg), name=cfg.data.tokenizer)
+def check_vocabulary(cfg: TrainConfig, size: ModelSize, loaded_tokenizer) -> None:  # noqa: ANN001 - HF tokenizer
+    """Raise VocabularyError when ``loaded_tokenizer`` (the job's ``data.tokenizer``), the datasets and the
+    model disagree (see module doc)."""
+    tokenizer = tokenizer_identity(loaded_tokenizer, name=cfg.data.tokenizer)
     rows = padded_vocab_size(size.vocab_size)
     if tokenizer.vocab_size > rows:
         raise VocabularyError(
