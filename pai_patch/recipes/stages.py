@@ -15,6 +15,7 @@ import json
 import os
 import shlex
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -249,8 +250,6 @@ def stage_serve(recipe: Recipe, p: Paths) -> None:
     The server replaces this process (exec) so that Ctrl-C and SIGTERM reach it directly and it
     closes its connections cleanly; host, port and token come from ``PAI_SERVE_HOST/PORT/TOKEN``.
     """
-    import sys
-
     cmd = _python("serve", *_model_and_sampling_args(recipe, _latest_training_checkpoint(p)))
     print("+ " + shlex.join(cmd), flush=True)
     if not dry_run():
@@ -266,8 +265,6 @@ def _model_and_sampling_args(recipe: Recipe, ckpt: Path) -> list[str]:
 
 
 def _python(*args: str) -> list[str]:
-    import sys
-
     return [sys.executable, "-m", "pai_patch", *args]
 
 
