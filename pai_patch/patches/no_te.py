@@ -4,15 +4,20 @@ with PyTorch alone.
 megatron-core 0.16.1 assumes TE in a few places even when the local spec is asked for; each
 patch in :data:`NO_TE_PATCHES` says which.  They are applied by :func:`apply` only when TE
 cannot be used here (:func:`pai_patch.models.base.te_available`), so the TE path is untouched.
+On CUDA :data:`FUSED_ADAM_PATCHES` also make megatron build torch's fused AdamW (:class:`FusedAdam`)
+where TE or Apex would have given it their FusedAdam.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 
 from pai_patch.patches.cpu import Patch
+
+log = logging.getLogger(__name__)
 
 
 def _local_norm() -> staticmethod:
@@ -92,6 +97,42 @@ def _load_with_own_steps() -> Any:
     return load_state_dict
 
 
+class FusedAdam(torch.optim.Adam):
+    """torch's Adam/AdamW with ``fused=True``, under the name and signature of Apex's ``FusedAdam``.
+
+    Without TE or Apex megatron-core builds ``torch.optim.AdamW`` with its default (foreach)
+    implementation, several kernels per parameter list; the fused one is a single multi-tensor
+    kernel per dtype and device.  It subclasses ``Adam`` (not ``AdamW``) so megatron's checks for
+    a torch Adam pass while ``HybridDeviceOptimizer`` (``optimizer.offload``), which tells its CPU
+    part by ``isinstance(..., AdamW)``, still sees a GPU optimizer.  Fused keeps ``step`` as an
+    fp32 tensor on the parameter's device, and ``load_state_dict`` takes the saved groups'
+    ``fused``/``foreach`` flags: a checkpoint of a foreach run would silently turn it back into
+    foreach with ``step`` on the host, so :meth:`__setstate__` restores both.
+    """
+
+    def __init__(self, params: Any, *, adam_w_mode: bool = True, **kwargs: Any) -> None:
+        super().__init__(params, decoupled_weight_decay=adam_w_mode, fused=True, **kwargs)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.update(fused=True, foreach=None, decoupled_weight_decay=self.defaults["decoupled_weight_decay"])
+            for param in group["params"]:
+                step = self.state.get(param, {}).get("step")
+                if torch.is_tensor(step):
+                    self.state[param]["step"] = step.to(device=param.device, dtype=torch.float32)
+
+
+#: megatron-core builds ``Adam`` with Apex's ``adam_w_mode`` keyword only when it believes a
+#: fused optimizer is installed; applied on CUDA (on the CPU fused and foreach round differently,
+#: and the golden losses are exact)
+FUSED_ADAM_PATCHES: tuple[Patch, ...] = (
+    Patch("megatron.core.optimizer", "Adam", FusedAdam,
+          "without TE/Apex megatron builds torch AdamW's foreach implementation; the fused one is one kernel"),
+    Patch("megatron.core.optimizer", "USING_PYTORCH_OPTIMIZER", False,
+          "megatron then builds the `Adam` name (with adam_w_mode) instead of torch.optim.AdamW"),
+)
+
 NO_TE_PATCHES: tuple[Patch, ...] = (
     Patch("megatron.core.transformer.multi_latent_attention", "HAVE_TE", False,
           "without TE, TELinear is built on a MagicMock and MLA's `isinstance(proj, TELinear)` raises"),
@@ -117,7 +158,10 @@ def apply() -> bool:
     if te_available():
         return False
     if not _applied:
-        for patch in NO_TE_PATCHES:
+        fused = torch.cuda.is_available()
+        for patch in NO_TE_PATCHES + (FUSED_ADAM_PATCHES if fused else ()):
             patch.apply()
+        log.info("no TE/Apex: megatron-core's Adam is torch's, %s", "fused=True (one multi-tensor kernel on CUDA)"
+                 if fused else "foreach (on the CPU fused rounds differently, and the golden losses are exact)")
         _applied = True
     return True
