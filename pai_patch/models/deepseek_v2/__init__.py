@@ -57,7 +57,8 @@ class DeepseekV2(ModelFamily):
 
         Without Transformer Engine megatron's ``DotProductAttention`` cannot take K and V
         heads of different widths, so the local spec gets :class:`SDPACoreAttention`; MoE
-        layers get :class:`DeepseekV2Router` (DeepSeek-V2's group ranking, see its module).
+        layers get :class:`DeepseekV2Router` (DeepSeek-V2's group ranking, see its module) and, in the
+        local spec, :class:`GroupedSequentialMLP` (all routed experts in one grouped matmul).
 
         The local spec's kv down projection becomes a duplicated ``Linear`` as in the TE spec:
         as a column-parallel linear its output is all-gathered and the shared rope key
@@ -67,9 +68,11 @@ class DeepseekV2(ModelFamily):
         """
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec
         from megatron.core.post_training.modelopt.layers import Linear
+        from megatron.core.transformer.moe.experts import SequentialMLP
         from megatron.core.transformer.moe.moe_layer import MoELayer
 
         from pai_patch.models.deepseek_v2.router import DeepseekV2Router
+        from pai_patch.models.grouped_experts import GroupedSequentialMLP
 
         spec = get_gpt_decoder_block_spec(config, use_transformer_engine=rt.use_te, normalization="RMSNorm",
                                           vp_stage=vp_stage)
@@ -79,6 +82,9 @@ class DeepseekV2(ModelFamily):
                 layer.submodules.self_attention.submodules.linear_kv_down_proj = Linear
             if layer.submodules.mlp.module is MoELayer:
                 layer.submodules.mlp.submodules.router = DeepseekV2Router
+                experts = layer.submodules.mlp.submodules.experts
+                if not rt.use_te and experts.module is SequentialMLP:
+                    experts.module = GroupedSequentialMLP
         return spec
 
     def decoder_spec(self, config: "TransformerConfig", rt: Runtime,
