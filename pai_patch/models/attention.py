@@ -10,10 +10,21 @@ It also does context parallelism (CP) without Transformer Engine, the way TE's
 keys and values.  Megatron's load-balanced layout cuts the sequence into 2*CP chunks and
 gives rank r chunks r and 2*CP-1-r, so the gathered chunks are put back into sequence
 order and the causal mask compares the local queries' global positions with every key's.
+
+PyTorch's flash kernel wants one head dim for queries, keys and values, so MLA (q/k 192,
+v 128) would fall to the slower memory-efficient kernel.  Where flash is otherwise eligible
+(CUDA, bf16/fp16, no dense mask, v < q/k <= 256) the values are padded with zeros to the q/k
+width and the output sliced back: exact, since the extra output columns are zero and the
+real columns' gradients do not see them.  :func:`choose_sdpa_kernel` makes that choice once
+per shape (probing the kernels), logs it, and names the kernel for ``bench/gpu.py``.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+import warnings
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -24,6 +35,15 @@ from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+log = logging.getLogger(__name__)
+
+#: tests set this to take the padded-V path off CUDA (any device, dtype and mask)
+FORCE_VALUE_PADDING = False
+FLASH_MAX_HEAD_DIM = 256
+#: the kernels PyTorch tries, in its default order (math, always able, before cuDNN)
+SDPA_BACKENDS = (("flash", SDPBackend.FLASH_ATTENTION), ("efficient", SDPBackend.EFFICIENT_ATTENTION))
 
 
 def packed_causal_mask(cu_seqlens: torch.Tensor, seq_len: int) -> torch.Tensor:
@@ -104,8 +124,9 @@ class SDPACoreAttention(MegatronModule):
         packed_seq_params: Optional[PackedSeqParams] = None,
     ) -> torch.Tensor:
         query_positions = None
-        if self.cp_group is not None:
-            key, value = gather_over_cp(key, self.cp_group), gather_over_cp(value, self.cp_group)
+        if self.cp_group is not None:  # one all-gather and one reordering for keys and values together
+            keys_values = gather_over_cp(torch.cat([key, value], dim=-1), self.cp_group)
+            key, value = keys_values.split([key.shape[-1], value.shape[-1]], dim=-1)
             query_positions = cp_positions(query.shape[0], self.cp_group.size(), self.cp_group.rank(), query.device)
         causal = (attn_mask_type or self.attn_mask_type) == AttnMaskType.causal
         return attend(query, key, value, causal=causal, attention_mask=attention_mask,
@@ -144,8 +165,88 @@ def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *, causa
         repeat = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
         grouped = False
+    dv = v.shape[-1]
+    kernel = choose_sdpa_kernel(q.shape[-1], dv, q.shape[1], k.shape[1], q.dtype, q.device, masked=mask is not None,
+                                force_padding=FORCE_VALUE_PADDING)
+    if kernel.value_dim != dv:
+        v = F.pad(v, (0, kernel.value_dim - dv))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal, scale=scale,
-                                         enable_gqa=grouped)
+                                         enable_gqa=grouped)[..., :dv]
     # [b, h, s, dv] -> [s, b, h*dv]
-    b, h, s, dv = out.shape
+    b, h, s, _ = out.shape
     return out.permute(2, 0, 1, 3).reshape(s, b, h * dv)
+
+
+@dataclass(frozen=True)
+class SdpaKernel:
+    """The SDPA kernel one attention shape runs on, the V head dim it is called with, and why."""
+
+    name: str
+    value_dim: int
+    reason: str
+
+
+@functools.lru_cache(maxsize=None)
+def choose_sdpa_kernel(qk_dim: int, v_dim: int, heads: int, kv_heads: int, dtype: torch.dtype,
+                       device: torch.device, *, masked: bool, force_padding: bool = False) -> SdpaKernel:
+    """Pad V to the q/k head dim where that opens the flash kernel; decided and logged once per shape.
+
+    ``masked``: the call passes a dense mask (packed sequences, context parallelism, a
+    padding mask), which flash does not take.  ``force_padding`` pads wherever V is
+    narrower, so that the padded path can be tested on CPU.
+    """
+    if v_dim == qk_dim:
+        reason = "q, k and v heads of one width"
+    elif v_dim > qk_dim or qk_dim > FLASH_MAX_HEAD_DIM:
+        reason = f"flash takes head dims up to {FLASH_MAX_HEAD_DIM} and V no wider than q/k: q/k {qk_dim}, v {v_dim}"
+    else:
+        blocker = None if force_padding else _padding_blocker(dtype, device, masked)
+        padded = None if blocker else _probe_kernel(qk_dim, qk_dim, heads, kv_heads, dtype, device, masked)
+        if padded == "flash" or force_padding:
+            reason = (f"flash needs one head dim for q, k and v: v ({v_dim}) padded with zeros to {qk_dim}, "
+                      f"output sliced back{' (forced)' if force_padding else ''}")
+            return _logged(SdpaKernel(f"{padded} (v padded)", qk_dim, reason), qk_dim, v_dim, dtype, device)
+        reason = (f"v ({v_dim}) narrower than q/k ({qk_dim}) and not padded: "
+                  f"{blocker or 'flash refused the padded shape on this device'}")
+    kernel = _probe_kernel(qk_dim, v_dim, heads, kv_heads, dtype, device, masked)
+    return _logged(SdpaKernel(kernel, v_dim, reason), qk_dim, v_dim, dtype, device)
+
+
+def _logged(choice: SdpaKernel, qk_dim: int, v_dim: int, dtype: torch.dtype, device: torch.device) -> SdpaKernel:
+    """``choice``, logged (once per shape: :func:`choose_sdpa_kernel` is cached)."""
+    log.info("core attention: sdpa/%s for q/k head dim %d, v %d, %s on %s (%s)", choice.name, qk_dim, v_dim,
+             str(dtype).removeprefix("torch."), device, choice.reason)
+    return choice
+
+
+def _padding_blocker(dtype: torch.dtype, device: torch.device, masked: bool) -> Optional[str]:
+    """Why flash is out for this call whatever the V width (None: only the width stands in the way)."""
+    if device.type != "cuda":
+        return f"padding is for CUDA's flash kernel, not {device.type}"
+    if dtype not in (torch.bfloat16, torch.float16):
+        return f"flash takes bf16/fp16, not {str(dtype).removeprefix('torch.')}"
+    if masked:
+        return "a dense mask (packed sequences, context parallelism or a padding mask) rules flash out"
+    return None
+
+
+def _probe_kernel(qk_dim: int, v_dim: int, heads: int, kv_heads: int, dtype: torch.dtype, device: torch.device,
+                  masked: bool) -> str:
+    """The first of PyTorch's kernels that runs a small causal (or masked) forward and backward of this shape."""
+    seq = 128
+    with torch.inference_mode(False), torch.enable_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # each refused kernel warns why
+        # constants: eligibility does not depend on values, and random ones would move the RNG
+        q = torch.ones(1, heads, seq, qk_dim, device=device, dtype=dtype, requires_grad=True)
+        k = torch.ones(1, kv_heads, seq, qk_dim, device=device, dtype=dtype)
+        v = torch.ones(1, kv_heads, seq, v_dim, device=device, dtype=dtype)
+        mask = torch.ones(seq, seq, dtype=torch.bool, device=device).tril() if masked else None
+        for name, backend in SDPA_BACKENDS:
+            try:
+                with sdpa_kernel(backend):
+                    F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=not masked,
+                                                   enable_gqa=kv_heads != heads).sum().backward()
+                return name
+            except RuntimeError:
+                continue
+    return "math"
