@@ -114,7 +114,7 @@ RUNTIME_CASES: list[tuple[str, str, str]] = [
 ]
 
 #: documented here, checked by the fault suite (tests/faults/test_disk_data_nan.py, test_save_rank_failure.py,
-#: test_badinput_runtime.py) and tests/test_reliability_vocab.py
+#: test_badinput_runtime.py), tests/test_reliability_vocab.py and tests/test_reliability_checkpoint.py
 FAULT_ROWS: list[tuple[str, str]] = [
     ("train: corrupt `.idx` (cut short)", "error: data.train_path: `<prefix>.idx`: N bytes, but the header's S "
      "sequences and D document indices need M"),
@@ -130,6 +130,10 @@ FAULT_ROWS: list[tuple[str, str]] = [
     ("train: latest checkpoint damaged (file missing / truncated / flipped bits)", "error: `<file>`: CRC-32 X, "
      "expected Y; the file is corrupt (resuming from `<save>/latest_checkpointed_iteration.txt` = N); other "
      "checkpoints here: iter_P (write one's iteration into ... to resume from it)"),
+    ("train: resuming with the distributed optimizer switched on or off relative to the saved run",
+     "error: `<save>/iter_N`: its optimizer state was saved without the distributed optimizer, which this run uses; "
+     "resume with parallel.distributed_optimizer=false (recipes: do=false), or start from its weights only "
+     "(checkpoint.load=<that run's checkpoint dir>, checkpoint.finetune=true)"),
     ("train: loss NaN/Inf", "error: non-finite loss at iteration N on rank(s) R (skip budget B used up)"),
     ("train: tokenizer with more ids than the model's embedding", "error: data.tokenizer: `<tokenizer>` (N ids, "
      "fingerprint F) has more ids than model `<family>` `<size>` has embedding rows (R: vocab_size V padded to a "

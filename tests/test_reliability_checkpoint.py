@@ -1,7 +1,8 @@
 """Checkpoint crash-safety at file level (no training): marker/CRC verification names the file,
 retention never deletes what the tracker points to, a failed save keeps the previous
 checkpoint and leaves no temporary directory, a kill between rename and tracker update is
-harmless, and stale temporary directories never count as checkpoints."""
+harmless, and stale temporary directories never count as checkpoints; a resume that switches the
+distributed optimizer on or off is refused in one line (the slow test trains for it)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from pai_patch.training import checkpointing as ck
 from pai_patch.utils import write_text_atomic
@@ -200,3 +202,47 @@ def test_rank0_only_write_failure_is_named(tmp_path, monkeypatch):
     failure = ck._Failure(" (disk full or over quota)", "[Errno 28] No space left on device", (0,))
     text = str(ck._save_error(tmp_path / "iter_0000002", tmp_path, {0: failure}))
     assert text.startswith(f"saving {tmp_path / 'iter_0000002'} failed on rank 0 (disk full or over quota): ")
+
+
+def test_distributed_optimizer_switch_is_refused_in_one_line_before_megatron_loads(tmp_path, monkeypatch):
+    """A checkpoint of a distributed-optimizer run resumed by a run with a regular optimizer (here none):
+    one line naming the checkpoint, both settings and the key to set, read from megatron's real common
+    state; megatron's loader is never reached (the reverse switch: test_train_without_do_then_with_do)."""
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.core import CheckpointingConfig, save_config
+    from megatron.core.dist_checkpointing.strategies.common import COMMON_STATE_FNAME
+
+    def write(state, directory, root):  # noqa: ANN001 - only the common state and megatron's config file
+        torch.save(state, Path(directory) / COMMON_STATE_FNAME)
+        save_config(CheckpointingConfig("torch_dist"), str(directory))
+
+    monkeypatch.setattr(ck, "_write_state", write)
+    monkeypatch.setattr(ck, "_state", lambda *a, extra, **k: dict(extra))
+    monkeypatch.setattr(ck, "optimizer_format", lambda optimizer, requested: requested)  # saved by a DO run
+    _save(tmp_path, 3)
+    monkeypatch.undo()
+    monkeypatch.setattr(dist_checkpointing, "load", lambda *a, **k: pytest.fail("megatron's loader was called"))
+    with pytest.raises(ck.CheckpointError) as err:
+        ck.load_checkpoint(tmp_path, [], None, None, world_size=1, model_layout={"tp": 1, "pp": 1})
+    assert str(err.value) == (
+        f"{tmp_path / 'iter_0000003'}: its optimizer state was saved with the distributed optimizer, which this "
+        "run does not use; resume with parallel.distributed_optimizer=true (recipes: do=true), or start from its "
+        "weights only (checkpoint.load=<that run's checkpoint dir>, checkpoint.finetune=true)")
+
+
+@pytest.mark.slow
+def test_train_without_do_then_with_do_is_refused_in_one_line(corpus_prefix, tmp_path):
+    """The real trainer: one step without the distributed optimizer, then a resume that turns it on."""
+    from tests.conftest import run_cli
+
+    args = ("train", "model.family=qwen2_5", "model.size=tiny", f"data.train_path={corpus_prefix}",
+            f"output_dir={tmp_path}", "train.seq_length=64", "train.global_batch_size=2", "train.micro_batch_size=2")
+    run_cli(*args, "train.train_iters=1")
+    result = run_cli(*args, "train.train_iters=2", "parallel.distributed_optimizer=true", check=False)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and lines == [
+        f"error: {tmp_path / 'checkpoint' / 'iter_0000001'}: its optimizer state was saved without the distributed "
+        "optimizer, which this run uses; resume with parallel.distributed_optimizer=false (recipes: do=false), or "
+        "start from its weights only (checkpoint.load=<that run's checkpoint dir>, checkpoint.finetune=true)"], \
+        result.stderr[-3000:]
+    assert "Traceback" not in result.stderr

@@ -482,6 +482,25 @@ def _check_compatible(directory: Path, template: dict[str, Any]) -> None:
                                   "model or size")
 
 
+def _check_same_optimizer_kind(directory: Path, saved_format: str | None, optimizer) -> None:  # noqa: ANN001
+    """Refuse a checkpoint saved with the distributed optimizer into a run without it, and the reverse.
+
+    The distributed optimizer saves flat shards of the grad buffer, a regular one per-parameter
+    state: megatron-core cannot load either into the other and fails deep inside its loader.
+    Checkpoints that predate the recorded ``optimizer_format`` are not checked.
+    """
+    if saved_format is None:
+        return
+    saved = saved_format != "model_space"
+    this = optimizer_format(optimizer, "dp_reshardable") != "model_space"
+    if saved != this:
+        raise CheckpointError(
+            f"{directory}: its optimizer state was saved {'with' if saved else 'without'} the distributed optimizer, "
+            f"which this run {'uses' if this else 'does not use'}; resume with parallel.distributed_optimizer="
+            f"{str(saved).lower()} (recipes: do={str(saved).lower()}), or start from its weights only "
+            "(checkpoint.load=<that run's checkpoint dir>, checkpoint.finetune=true)")
+
+
 def _layout(layout: dict[str, Any]) -> str:
     return " ".join(f"{k.upper()}={v}" for k, v in layout.items() if v is not None)
 
@@ -504,6 +523,7 @@ def load_checkpoint(root: str | Path, model_chunks, optimizer, scheduler, *, wor
         raise CheckpointError(f"{err} (resuming from {Path(root) / TRACKER} = {iteration}){hint}") from None
     _materialize_optimizer_state(optimizer)
     common = dist_checkpointing.load_common_state_dict(str(directory))
+    _check_same_optimizer_kind(directory, common.get("optimizer_format"), optimizer)
     # checkpoints written before the format was recorded used fully_reshardable
     sharding = common.get("optimizer_format", optimizer_format(optimizer, "fully_reshardable"))
     saved_layout = common.get("model_layout")
