@@ -14,7 +14,8 @@
 #
 # Knobs (environment): PYTHON (interpreter), WHEELS (wheelhouse), SHAPE_BUDGET (s per benchmark
 # shape, default 100), TESTS_BUDGET (s for all GPU tests, default 150), TEST_TIMEOUT (s per
-# test, default 90), BENCH_ARGS (extra bench/gpu.py arguments), PYVER (--fetch-wheels target).
+# test, default 90), BENCH_ARGS (extra bench/gpu.py arguments, e.g. `--accum 1` for the first sessions'
+# one micro batch per optimizer step), PYVER (--fetch-wheels target).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD

@@ -1,12 +1,15 @@
 """Training throughput on one GPU: tokens/s, TFLOP/s and MFU (``make bench-gpu``).
 
 Trains the Qwen2.5-0.5B and 1.5B shapes and DeepSeek-V2-Lite cut to the layers that fit,
-at seq 4096 in bf16, on random tokens, through the project's own trainer
+at seq 4096 in bf16, on random tokens, ``--accum`` micro batches per optimizer step (default 8,
+the seeds' GBS/MBS), through the project's own trainer
 (:class:`pai_patch.training.loop.Trainer`: megatron-core DDP, the distributed optimizer with
 fp32 main weights, the pipeline schedule, the loss reduction), with whatever this machine has
 (PyTorch alone, or Transformer Engine / FA3 through :mod:`pai_patch.backends`).  MFU is model
 FLOPs (computed from the megatron-core config, attention included) over the bf16 matmul peak
-measured on this device, so the number means the same on an H100, an H800 or an H20.
+measured on this device, so the number means the same on an H100, an H800 or an H20.  The
+optimizer step is part of the step time but not of the FLOPs; its synchronised time is measured
+on its own and reported as its share of the step.
 
 Each shape runs in its own process under its own time budget: a shape that runs out of
 memory is retried with half the micro batch, then with full activation recompute; one that
@@ -42,7 +45,8 @@ sys.path.insert(0, str(ROOT))  # `python bench/gpu.py` from a checkout: pai_patc
 #: bytes per parameter while training here: bf16 weight, fp32 grad buffer, fp32 main weight, two fp32 Adam moments
 BYTES_PER_PARAM = 2 + 4 + 4 + 8
 #: share of device memory the parameters may take; the rest is activations, logits and the optimizer
-#: step's temporaries (torch's foreach AdamW, used without TE/Apex, holds up to two fp32 copies)
+#: step's temporaries (torch's foreach AdamW holds up to two fp32 copies; on CUDA without TE/Apex the
+#: fused one runs, :class:`pai_patch.patches.no_te.FusedAdam`)
 PARAM_MEMORY_SHARE = 0.5
 #: a child's exit status when it ran out of device memory (the parent retries smaller)
 EXIT_OOM = 3
@@ -211,8 +215,8 @@ def random_batch(vocab_size: int, micro_batch: int, seq_length: int, device: tor
 
 
 def job_config(shape: Shape, size: Any, micro_batch: int, seq_length: int, iterations: int,
-               recompute: str, output_dir: str) -> Any:
-    """The trainer job for one shape: bf16, distributed optimizer, one micro batch per step."""
+               recompute: str, output_dir: str, accum: int = 1) -> Any:
+    """The trainer job for one shape: bf16, distributed optimizer, ``accum`` micro batches per step."""
     from pai_patch.training.config import (CheckpointSection, ModelSection, OptimSection, ParallelSection,
                                            TrainConfig, TrainSection)
 
@@ -220,12 +224,39 @@ def job_config(shape: Shape, size: Any, micro_batch: int, seq_length: int, itera
         model=ModelSection(family=shape.family, size=size.name),
         parallel=ParallelSection(distributed_optimizer=True),
         optim=OptimSection(lr=1e-5, min_lr=1e-6),
-        train=TrainSection(micro_batch_size=micro_batch, global_batch_size=micro_batch, seq_length=seq_length,
-                           train_iters=iterations, precision="bf16", recompute=recompute, flash_attn=True,
+        train=TrainSection(micro_batch_size=micro_batch, global_batch_size=micro_batch * accum,
+                           seq_length=seq_length, train_iters=iterations, precision="bf16", recompute=recompute, flash_attn=True,
                            recompute_layers=size.num_layers if recompute == "full" else 1),
         checkpoint=CheckpointSection(),
         output_dir=output_dir,
     )
+
+
+def adam_implementation(optimizer: Any) -> str:
+    """Which Adam megatron-core built: ``torch fused``, ``torch default`` (foreach on CUDA), or TE's/Apex's."""
+    inner = getattr(optimizer, "chained_optimizers", [optimizer])[0].optimizer
+    if any(group.get("fused") for group in inner.param_groups):
+        return "torch fused"
+    package = type(inner).__module__.split(".")[0]
+    return "torch default" if package == "torch" else f"{package} {type(inner).__name__}"
+
+
+def timed_calls(function: Any, device: torch.device, seconds: list[float]) -> Any:
+    """``function`` that appends the synchronised wall time of each call to ``seconds``.
+
+    The trainer's loss reduction copies the loss to the host just before the optimizer step, so
+    the device is idle when the step starts and the synchronisation costs nothing there.
+    """
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        _sync(device)
+        start = time.perf_counter()
+        result = function(*args, **kwargs)
+        _sync(device)
+        seconds.append(time.perf_counter() - start)
+        return result
+
+    return timed
 
 
 def train_shape(shape: Shape, args: argparse.Namespace) -> dict[str, Any]:
@@ -255,24 +286,29 @@ def train_shape(shape: Shape, args: argparse.Namespace) -> dict[str, Any]:
     if cuda and attention == "sdpa":
         qk = cfg.qk_head_dim + cfg.qk_pos_emb_head_dim if getattr(cfg, "multi_latent_attention", False) else cfg.kv_channels
         attention = f"sdpa/{sdpa_kernel(qk, getattr(cfg, 'v_head_dim', None) or qk, cfg.num_attention_heads, device)}"
-    row = {"label": shape.label, "layers": size.num_layers, "micro_batch": args.micro_batch,
-           "recompute": args.recompute, "attention": attention, "attention_reason": choice.reason,
+    step_tokens = args.micro_batch * args.accum * args.seq
+    row = {"label": shape.label, "layers": size.num_layers, "micro_batch": args.micro_batch, "accum": args.accum,
+           "global_batch_tokens": step_tokens, "recompute": args.recompute, "attention": attention, "attention_reason": choice.reason,
            "flops_per_token": flops}
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as scratch:
         job = job_config(shape, size, args.micro_batch, args.seq, args.warmup + args.steps, args.recompute,
-                         scratch)
+                         scratch, accum=args.accum)
         trainer = Trainer(job)
         batch = random_batch(size.vocab_size, args.micro_batch, args.seq, device)
         iterators = [itertools.repeat(batch) for _ in trainer.model]
         losses = [trainer.train_step(iterators)["loss"] for _ in range(args.warmup)]
+        optimizer_seconds: list[float] = []
+        trainer.optimizer.step = timed_calls(trainer.optimizer.step, device, optimizer_seconds)
         _sync(device)
         start = time.perf_counter()
         losses += [trainer.train_step(iterators)["loss"] for _ in range(args.steps)]
         _sync(device)
         seconds = (time.perf_counter() - start) / args.steps
-    tokens_s = args.micro_batch * args.seq / seconds
-    row.update(status="ok", precision=trainer.rt.precision, step_s=seconds, tokens_per_s=tokens_s,
-               tflops=tokens_s * flops / 1e12, loss_first=losses[0], loss_last=losses[-1],
+    tokens_s = step_tokens / seconds
+    optimizer_s = sum(optimizer_seconds) / args.steps
+    row.update(status="ok", precision=trainer.rt.precision, adam=adam_implementation(trainer.optimizer),
+               step_s=seconds, optimizer_s=optimizer_s, optimizer_share=optimizer_s / seconds,
+               tokens_per_s=tokens_s, tflops=tokens_s * flops / 1e12, loss_first=losses[0], loss_last=losses[-1],
                peak_memory_gib=torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None)
     return row
 
@@ -328,7 +364,8 @@ def run_shape(shape: Shape, args: argparse.Namespace, log: Any) -> dict[str, Any
             result = Path(scratch) / "row.json"
             cmd = [sys.executable, str(Path(__file__).resolve()), "--child", shape.label, "--result", str(result),
                    "--device", args.device, "--seq", str(args.seq), "--steps", str(args.steps),
-                   "--warmup", str(args.warmup), "--micro-batch", str(micro_batch), "--recompute", recompute,
+                   "--warmup", str(args.warmup), "--micro-batch", str(micro_batch), "--accum", str(args.accum),
+                   "--recompute", recompute,
                    *(["--memory-gib", str(args.memory_gib)] if args.memory_gib else [])]
             log.write(f"\n==== {shape.label}: mbs {micro_batch}, recompute {recompute} ====\n")
             log.flush()
@@ -346,6 +383,7 @@ def run_shape(shape: Shape, args: argparse.Namespace, log: Any) -> dict[str, Any
             break
     row.setdefault("label", shape.label)
     row.setdefault("micro_batch", micro_batch)
+    row.setdefault("accum", args.accum)
     row.setdefault("recompute", recompute)
     return row
 
@@ -390,9 +428,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="cuda (default when a GPU is present) or cpu (tiny shapes, the tests' path)")
     parser.add_argument("--shapes", nargs="*", default=None, help="labels to run (default: all for the device)")
     parser.add_argument("--seq", type=int, default=None, help="sequence length (default 4096 on cuda, 64 on cpu)")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps after warm-up")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps after warm-up")
+    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--micro-batch", type=int, default=None, help="first micro batch to try for every shape")
+    parser.add_argument("--accum", type=int, default=8,
+                        help="micro batches per optimizer step (gradient accumulation; 8 = the seeds' GBS 8, MBS 1)")
     parser.add_argument("--memory-gib", type=float, default=None,
                         help="device memory to cut the MoE shape for (default: the device's)")
     parser.add_argument("--budget-s", type=float, default=150.0, help="seconds each shape may take, retries included")
@@ -401,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--recompute", default="false", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.accum < 1:
+        parser.error(f"--accum {args.accum}: expected at least 1 micro batch per step")
     train = args.device is not None or torch.cuda.is_available()
     available = CPU_SHAPES if args.device == "cpu" else SHAPES
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -430,11 +472,12 @@ def run_all(args: argparse.Namespace, shapes: tuple[Shape, ...]) -> int:
     peak = matmul_peak_tflops(device) if device.type == "cuda" else None
     env = environment(device, peak)
     print(f"\ndevice: {env['device']}" + (f", measured bf16 matmul peak {peak:.1f} TFLOP/s" if peak else ""))
-    print(f"date: {env['date']}, torch {torch.__version__}, seq {args.seq}, {args.steps} steps after {args.warmup} "
-          f"warm-up, per-shape budget {args.budget_s:.0f} s\n", flush=True)
+    print(f"date: {env['date']}, torch {torch.__version__}, seq {args.seq}, {args.accum} micro batches per step, "
+          f"{args.steps} steps after {args.warmup} warm-up, per-shape budget {args.budget_s:.0f} s\n", flush=True)
     out = output_dir(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = {"env": env, "seq": args.seq, "steps": args.steps, "warmup": args.warmup, "rows": []}
+    results = {"env": env, "seq": args.seq, "accum": args.accum, "steps": args.steps, "warmup": args.warmup,
+               "rows": []}
     with open(out / "bench_gpu.log", "w", encoding="utf-8") as log:
         for shape in shapes:
             row = run_shape(shape, args, log)

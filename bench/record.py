@@ -28,19 +28,27 @@ def _number(value: float | None, fmt: str) -> str:
 
 
 def render_table(results: dict[str, Any]) -> str:
-    """One markdown row per shape: what ran, how fast, and why a shape did not run."""
-    lines = ["| shape | layers | micro batch | recompute | precision | attention | tokens/s/GPU | TFLOP/s/GPU | MFU "
-             "| peak memory (GiB) | result |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    """One markdown row per shape: what ran, how fast, and why a shape did not run.
+
+    The optimizer step is timed on its own (synchronised) and shown as its share of the step
+    time; results from before gradient accumulation have no accum, global batch or share.
+    """
+    lines = ["| shape | layers | micro batch | accum | global batch (tokens) | recompute | precision | attention | "
+             "Adam | tokens/s/GPU | TFLOP/s/GPU | MFU | optimizer step | peak memory (GiB) | result |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in results["rows"]:
-        mfu = row.get("mfu")
+        mfu, share = row.get("mfu"), row.get("optimizer_share")
         result = row["status"] if row["status"] != "ok" else (
             f"ok, loss {row['loss_first']:.2f} → {row['loss_last']:.2f}")
         if row.get("error"):
             result += f": {row['error']}"
         lines.append(" | ".join([
             f"| {row['label']}", str(row.get("layers", "")), str(row.get("micro_batch", "")),
-            str(row.get("recompute", "")), row.get("precision", ""), row.get("attention", ""), _number(row.get("tokens_per_s"), ",.0f"),
-            _number(row.get("tflops"), ".1f"), "" if mfu is None else f"{100 * mfu:.1f}%",
+            str(row.get("accum", "")), _number(row.get("global_batch_tokens"), ","), str(row.get("recompute", "")),
+            row.get("precision", ""), row.get("attention", ""), row.get("adam", ""),
+            _number(row.get("tokens_per_s"), ",.0f"), _number(row.get("tflops"), ".1f"),
+            "" if mfu is None else f"{100 * mfu:.1f}%",
+            "" if share is None else f"{1000 * row['optimizer_s']:.0f} ms, {100 * share:.1f}%",
             _number(row.get("peak_memory_gib"), ".1f"), result.replace("|", "/") + " |"]))
     return "\n".join(lines)
 
@@ -59,8 +67,8 @@ def render_section(results: dict[str, Any]) -> str:
         f"torch {env['torch']} (CUDA {env.get('cuda') or 'none'}), python {env.get('python')}, {versions}. "
         f"Attention with FL=true: {attention.get('attention')} ({attention.get('reason')}).",
         f"Measured bf16 matmul peak (8192³, random data): {_number(peak, '.1f') or 'n/a'} TFLOP/s. "
-        f"seq {results['seq']}, {results['steps']} timed steps after {results['warmup']} warm-up, "
-        "distributed optimizer, random tokens.",
+        f"seq {results['seq']}, accum {results.get('accum', 1)} (micro batches per optimizer step), "
+        f"{results['steps']} timed steps after {results['warmup']} warm-up, distributed optimizer, random tokens.",
         "",
         render_table(results),
         "",

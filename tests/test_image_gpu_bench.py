@@ -106,10 +106,12 @@ RESULTS = {
             "cuda": "13.0", "python": "3.12.3", "matmul_peak_tflops": 790.0,
             "packages": {"megatron-core": "0.16.1", "transformer-engine": None},
             "attention": {"attention": "sdpa", "reason": "Transformer Engine does not import"}},
-    "seq": 4096, "steps": 20, "warmup": 3,
-    "rows": [{"label": "Qwen2.5-1.5B", "layers": 28, "micro_batch": 2, "recompute": "false", "precision": "bf16",
-              "attention": "sdpa/flash", "status": "ok", "tokens_per_s": 30000.0, "tflops": 309.6, "mfu": 0.392,
-              "peak_memory_gib": 51.2, "loss_first": 12.1, "loss_last": 11.9},
+    "seq": 4096, "accum": 8, "steps": 10, "warmup": 2,
+    "rows": [{"label": "Qwen2.5-1.5B", "layers": 28, "micro_batch": 2, "accum": 8, "global_batch_tokens": 65536,
+              "recompute": "false", "precision": "bf16", "attention": "sdpa/flash", "adam": "torch fused",
+              "status": "ok", "tokens_per_s": 30000.0, "tflops": 309.6, "mfu": 0.392, "step_s": 2.1845,
+              "optimizer_s": 0.0437, "optimizer_share": 0.02, "peak_memory_gib": 51.2, "loss_first": 12.1,
+              "loss_last": 11.9},
              {"label": "DeepSeek-V2-Lite", "micro_batch": 1, "recompute": "full", "status": "timed out",
               "error": "still running after the 100 s budget"}],
 }
@@ -118,7 +120,9 @@ RESULTS = {
 def test_record_renders_the_table_and_appends_under_the_gpu_section(tmp_path):
     section = record.render_section(RESULTS)
     assert section.startswith("### 2026-11-26 01:00 UTC, NVIDIA H100 80GB HBM3")
-    assert "| Qwen2.5-1.5B | 28 | 2 | false | bf16 | sdpa/flash | 30,000 | 309.6 | 39.2% | 51.2 | ok, loss" in section
+    assert ("| Qwen2.5-1.5B | 28 | 2 | 8 | 65,536 | false | bf16 | sdpa/flash | torch fused | 30,000 | 309.6 | 39.2% "
+            "| 44 ms, 2.0% | 51.2 | ok, loss") in section
+    assert "seq 4096, accum 8 (micro batches per optimizer step), 10 timed steps after 2 warm-up" in section
     assert "| DeepSeek-V2-Lite |" in section and "timed out: still running after the 100 s budget" in section
     assert "transformer-engine missing" in section and "790.0 TFLOP/s" in section
     results_md = tmp_path / "RESULTS.md"
@@ -129,6 +133,35 @@ def test_record_renders_the_table_and_appends_under_the_gpu_section(tmp_path):
     assert text.index("protocol") < text.index("### 2026-11-26") < text.index("## Data preprocessing")
     assert text.endswith("## Data preprocessing\n\nrows\n")
     assert record.main([str(tmp_path / "missing.json"), "--print"]) == 2
+
+
+def test_record_renders_results_from_before_accumulation_as_accum_1():
+    """bench_gpu.json of the first sessions (one micro batch per step, optimizer not timed) still renders."""
+    old = json.loads(json.dumps(RESULTS))
+    del old["accum"]
+    for row in old["rows"]:
+        for key in ("accum", "global_batch_tokens", "adam", "optimizer_s", "optimizer_share"):
+            row.pop(key, None)
+    section = record.render_section(old)
+    assert "accum 1 (micro batches per optimizer step)" in section
+    assert "| Qwen2.5-1.5B | 28 | 2 |  |  | false | bf16 | sdpa/flash |  | 30,000 | 309.6 | 39.2% |  | 51.2 |" in section
+
+
+def test_gradient_accumulation_sets_the_global_batch():
+    size = get_family("qwen2_5").size("tiny")
+    job = bench.job_config(bench.CPU_SHAPES[0], size, micro_batch=2, seq_length=64, iterations=3, recompute="false",
+                           output_dir="unused", accum=8)
+    assert (job.train.micro_batch_size, job.train.global_batch_size) == (2, 16)
+    assert bench.main(["--dry-run", "--accum", "8"]) == 0
+    with pytest.raises(SystemExit):
+        bench.main(["--dry-run", "--accum", "0"])
+
+
+def test_timed_calls_time_each_call_and_pass_results_through():
+    seconds: list[float] = []
+    timed = bench.timed_calls(lambda x, y=1: x + y, torch.device("cpu"), seconds)
+    assert (timed(1), timed(2, y=5)) == (2, 7)
+    assert len(seconds) == 2 and all(s >= 0 for s in seconds)
 
 
 def _tiny_deepseek_gib(layers: int) -> float:
@@ -144,7 +177,7 @@ def _tiny_deepseek_gib(layers: int) -> float:
 @pytest.mark.slow
 def test_a_shape_over_its_budget_is_killed_and_reported(tmp_path):
     args = argparse.Namespace(
-        device="cpu", seq=64, steps=1000, warmup=1, micro_batch=None, budget_s=6.0, memory_gib=None)
+        device="cpu", seq=64, steps=1000, warmup=1, micro_batch=None, accum=1, budget_s=6.0, memory_gib=None)
     with open(tmp_path / "log", "w") as log:
         row = bench.run_shape(bench.CPU_SHAPES[0], args, log)
     assert row["status"] == "timed out" and "6 s budget" in row["error"]
@@ -174,7 +207,8 @@ def test_bf16_distributed_optimizer_resumes_exactly_without_te(tmp_path, monkeyp
 def test_device_check_script_runs_end_to_end_on_cpu(tmp_path):
     """bench/device_check.sh as a GPU session runs it, on this machine, with bench/gpu.py's real path
     (child process, trainer, distributed optimizer) on the MoE shape cut by --memory-gib."""
-    bench_args = f"--device cpu --shapes DeepSeek-V2-tiny --memory-gib {_tiny_deepseek_gib(2):.8f} --steps 2 --warmup 1"
+    bench_args = (f"--device cpu --shapes DeepSeek-V2-tiny --memory-gib {_tiny_deepseek_gib(2):.8f} --steps 2 "
+                  "--warmup 1 --accum 2")
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "TESTS_BUDGET": "120",
            "BENCH_ARGS": bench_args}
     out = subprocess.run(["bash", str(ROOT / "bench" / "device_check.sh")], env=env, capture_output=True, text=True,
@@ -185,7 +219,10 @@ def test_device_check_script_runs_end_to_end_on_cpu(tmp_path):
     (row,) = json.loads((tmp_path / "bench_gpu.json").read_text())["rows"]
     assert row["status"] == "ok" and row["layers"] == 2, row  # 1 dense + 1 MoE layer of the 4
     assert row["tokens_per_s"] > 0 and 5 < row["loss_first"] < 10 and 5 < row["loss_last"] < 10
-    assert "| DeepSeek-V2-tiny | 2 | 2 | false | fp32 | sdpa |" in (tmp_path / "results_section.md").read_text()
-    assert 'skipped="10"' in (tmp_path / "gpu_tests.xml").read_text()
+    assert (row["accum"], row["global_batch_tokens"], row["adam"]) == (2, 2 * 2 * 64, "torch default")
+    assert 0 < row["optimizer_s"] < row["step_s"] and row["optimizer_share"] == row["optimizer_s"] / row["step_s"]
+    assert "| DeepSeek-V2-tiny | 2 | 2 | 2 | 256 | false | fp32 | sdpa | torch default |" in (
+        tmp_path / "results_section.md").read_text()
+    assert 'skipped="11"' in (tmp_path / "gpu_tests.xml").read_text()
     assert json.loads((tmp_path / "doctor.json").read_text())["packages"]["megatron-core"] == "0.16.1"
     assert "device check finished with status 0" in (tmp_path / "device_check.log").read_text()
