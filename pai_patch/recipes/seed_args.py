@@ -173,9 +173,24 @@ def _budget(script: str, stage: str, values: Mapping[str, object]) -> list[str]:
     if script == "run_pretrain_megatron_llama":
         return [f"{stage}.train.train_iters=null", f"{stage}.train.warmup_iters=null"]
     if "EPOCH" in values:
-        return [f"{stage}.train.epochs={values['EPOCH']}", f"{stage}.train.train_iters=null",
-                f"{stage}.train.global_batch_size={values['BATCH_SIZE']}"]
+        batch = int(values["BATCH_SIZE"])
+        return [f"{stage}.train.train_iters={epoch_iters(str(values['TRAIN_DATASET_PATH']), int(values['EPOCH']), batch)}",
+                f"{stage}.train.train_tokens=null", f"{stage}.train.global_batch_size={batch}"]
     return []
+
+
+def epoch_iters(train_path: str, epochs: int, global_batch_size: int) -> int:
+    """Iterations for ``epochs`` passes over an alpaca JSON file (Megatron-LM's ``--epochs``).
+
+    The recipes count training in iterations, so the llama finetune launcher's EPOCH is turned
+    into ceil(epochs x samples / global batch); the file is read once here to count its samples.
+    """
+    from pai_patch.data.sft import read_conversations
+
+    samples = len(read_conversations(train_path, "alpaca"))
+    if samples == 0:
+        raise ConfigError(f"{train_path}: no samples (TRAIN_DATASET_PATH of run_finetune_megatron_llama.sh)")
+    return max(1, -(-epochs * samples // global_batch_size))
 
 
 def _environment(stage: str, env: Mapping[str, str], notes: list[str]) -> list[str]:

@@ -1,0 +1,62 @@
+"""Regressions found by following README.md and docs/ as a new user, command by command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pai_patch.configio import ConfigError
+from pai_patch.recipes.resolve import load_recipe, train_config
+from pai_patch.recipes.seed_args import translate
+from tests.conftest import ROOT
+
+CORPUS = ROOT / "pai_patch" / "assets" / "corpus"
+
+
+def llama_finetune(train: str, valid: str, epochs: str, out: str, batch: str = "1") -> list[str]:
+    """Seed 002's run_finetune_megatron_llama.sh example (22 arguments), with local paths."""
+    return ["dsw", "/root/Megatron-LM-230512", "/workspace/PAI-Megatron-Patch", "7B", batch, "1e-5", "1e-6", "2048",
+            "80", "0", "bf16", "1", "1", "sel", "true", "false", "false", train, valid, "/mnt/ckpt", epochs, out]
+
+
+def llama_pretrain(data: str, out: str) -> list[str]:
+    """Seed 002's run_pretrain_megatron_llama.sh example (24 arguments), with local paths."""
+    return ["dsw", "/root/Megatron-LM-230512", "/workspace/PAI-Megatron-Patch", "7B", "1", "8", "1e-5", "1e-6",
+            "2048", "80", "0", "fp16", "1", "1", "sel", "true", "false", "false", "100000", data, "/mnt/ckpt",
+            "100000000", "10000", out]
+
+
+def _resolved_train(script: str, argv: list[str]) -> dict:
+    stage, overrides, _ = translate(script, argv, {})
+    recipe = load_recipe(overrides[0].split("=", 1)[1], overrides[1:])
+    return vars(train_config(recipe, stage).train)
+
+
+def test_llama_finetune_epochs_become_iterations(tmp_path: Path) -> None:
+    """EPOCH was passed on as sft.train.epochs, a key the recipe schema rejects, so the seed example failed."""
+    train = tmp_path / "train.json"
+    train.write_text(json.dumps([{"instruction": f"q{i}", "output": f"a{i}"} for i in range(250)]))
+    job = _resolved_train("run_finetune_megatron_llama",
+                          llama_finetune(str(train), str(train), "3", str(tmp_path / "out"), batch="4"))  # 7B: warmup 100
+    assert job["train_iters"] == 188 and job["global_batch_size"] == 4  # ceil(3 epochs x 250 samples / 4)
+    shipped = _resolved_train("run_finetune_megatron_llama",
+                              llama_finetune(str(CORPUS / "sft_train.json"), str(CORPUS / "sft_valid.json"), "2",
+                                             str(tmp_path / "out")))
+    assert shipped["train_iters"] == 6000  # 3000 samples, two epochs, batch 1
+
+
+def test_llama_finetune_missing_train_file_is_one_line(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nosuch.json")
+    with pytest.raises(FileNotFoundError, match="nosuch.json: no such input file"):
+        translate("run_finetune_megatron_llama", llama_finetune(missing, missing, "1", str(tmp_path)), {})
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    with pytest.raises(ConfigError, match="empty.json: no samples"):
+        translate("run_finetune_megatron_llama", llama_finetune(str(empty), str(empty), "1", str(tmp_path)), {})
+
+
+def test_llama_pretrain_seed_example_resolves(tmp_path: Path) -> None:
+    job = _resolved_train("run_pretrain_megatron_llama", llama_pretrain(str(tmp_path / "wudao"), str(tmp_path)))
+    assert job["train_tokens"] == 100000000 and job["train_iters"] is None and job["precision"] == "fp16"
