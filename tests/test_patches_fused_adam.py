@@ -1,6 +1,7 @@
 """The fused AdamW megatron-core builds on a GPU without TE/Apex (``no_te.FusedAdam``), forced on the CPU:
 it is torch's fused AdamW, stays fused (``step`` on the parameter's device) after loading a foreach
-run's state, and the distributed optimizer resumes with it exactly, in fp32 and bf16."""
+run's state, and megatron's optimizers resume with it exactly: the distributed one in fp32 and bf16,
+the regular mixed-precision one in bf16."""
 
 from __future__ import annotations
 
@@ -77,15 +78,24 @@ def fused_megatron_adam(monkeypatch) -> list[int]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_distributed_optimizer_with_fused_adam_resumes_exactly(tmp_path, monkeypatch, fused_megatron_adam,
-                                                               precision):
+@pytest.mark.parametrize("precision,distributed", [("fp32", True), ("bf16", True), ("bf16", False)])
+def test_megatron_optimizer_with_fused_adam_resumes_exactly(tmp_path, monkeypatch, fused_megatron_adam,
+                                                            precision, distributed):
+    """The distributed optimizer in fp32 and bf16, and bf16's regular mixed-precision optimizer."""
     from pai_patch.training import loop
-    from tests.gpu.resume import train_save_resume
+    from tests.gpu import resume
 
     if precision == "bf16":
         monkeypatch.setattr(loop, "_cpu_precision", lambda rt: rt)  # keep bf16 on the CPU
-    run = train_save_resume("qwen2_5", tmp_path)
+    job_config = resume.job_config
+
+    def with_optimizer(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        job = job_config(*args, **kwargs)
+        job.parallel.distributed_optimizer = distributed
+        return job
+
+    monkeypatch.setattr(resume, "job_config", with_optimizer)
+    run = resume.train_save_resume("qwen2_5", tmp_path)
     assert run.param_dtypes == {getattr(torch, {"fp32": "float32", "bf16": "bfloat16"}[precision])}
     assert run.restored_iteration == 3
     assert fused_megatron_adam[0] >= 3 + 2 + 2  # every step of both runs, after the resume too
