@@ -225,8 +225,8 @@ def job_config(shape: Shape, size: Any, micro_batch: int, seq_length: int, itera
         parallel=ParallelSection(distributed_optimizer=True),
         optim=OptimSection(lr=1e-5, min_lr=1e-6),
         train=TrainSection(micro_batch_size=micro_batch, global_batch_size=micro_batch * accum,
-                           seq_length=seq_length, train_iters=iterations, precision="bf16", recompute=recompute, flash_attn=True,
-                           recompute_layers=size.num_layers if recompute == "full" else 1),
+                           seq_length=seq_length, train_iters=iterations, precision="bf16", recompute=recompute,
+                           flash_attn=True, recompute_layers=size.num_layers if recompute == "full" else 1),
         checkpoint=CheckpointSection(),
         output_dir=output_dir,
     )
@@ -288,8 +288,8 @@ def train_shape(shape: Shape, args: argparse.Namespace) -> dict[str, Any]:
         attention = f"sdpa/{sdpa_kernel(qk, getattr(cfg, 'v_head_dim', None) or qk, cfg.num_attention_heads, device)}"
     step_tokens = args.micro_batch * args.accum * args.seq
     row = {"label": shape.label, "layers": size.num_layers, "micro_batch": args.micro_batch, "accum": args.accum,
-           "global_batch_tokens": step_tokens, "recompute": args.recompute, "attention": attention, "attention_reason": choice.reason,
-           "flops_per_token": flops}
+           "global_batch_tokens": step_tokens, "recompute": args.recompute, "attention": attention,
+           "attention_reason": choice.reason, "flops_per_token": flops}
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as scratch:
         job = job_config(shape, size, args.micro_batch, args.seq, args.warmup + args.steps, args.recompute,
                          scratch, accum=args.accum)

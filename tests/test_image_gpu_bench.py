@@ -144,7 +144,8 @@ def test_record_renders_results_from_before_accumulation_as_accum_1():
             row.pop(key, None)
     section = record.render_section(old)
     assert "accum 1 (micro batches per optimizer step)" in section
-    assert "| Qwen2.5-1.5B | 28 | 2 |  |  | false | bf16 | sdpa/flash |  | 30,000 | 309.6 | 39.2% |  | 51.2 |" in section
+    assert ("| Qwen2.5-1.5B | 28 | 2 |  |  | false | bf16 | sdpa/flash |  | 30,000 | 309.6 | 39.2% |  | 51.2 |"
+            in section)
 
 
 def test_gradient_accumulation_sets_the_global_batch():
