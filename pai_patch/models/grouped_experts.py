@@ -50,8 +50,10 @@ class GroupedLinear(torch.autograd.Function):
         grad_weights: tuple[torch.Tensor | None, ...] = (None,) * len(weights)
         if any(ctx.needs_input_grad[2:]):
             # a 2D x 2D grouped matmul groups along K (the tokens): one [out, in] block per expert,
-            # zeros for an expert that got no tokens
-            grad_weights = torch._grouped_mm(grad_out.t(), x, offs).unbind(0)
+            # zeros for an expert that got no tokens; CUDA's kernel rejects K = 0 (no tokens at all,
+            # which an EP rank can get), pytorch/pytorch#192497
+            grad_weights = (torch._grouped_mm(grad_out.t(), x, offs) if x.shape[0] else
+                            x.new_zeros(len(weights), grad_out.shape[1], x.shape[1])).unbind(0)
         return grad_x, None, *grad_weights
 
 
