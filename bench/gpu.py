@@ -186,23 +186,6 @@ def matmul_peak_tflops(device: torch.device, n: int = 8192, iters: int = 50) -> 
     return 2 * n**3 * iters / seconds / 1e12
 
 
-def sdpa_kernel(qk_dim: int, v_dim: int, heads: int, device: torch.device) -> str:
-    """Which of PyTorch's SDPA kernels takes this shape's causal bf16 attention (reported, not forced)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel as only
-
-    q = torch.randn(1, heads, 128, qk_dim, device=device, dtype=torch.bfloat16)
-    v = torch.randn(1, heads, 128, v_dim, device=device, dtype=torch.bfloat16)
-    for name, backend in (("flash", SDPBackend.FLASH_ATTENTION), ("efficient", SDPBackend.EFFICIENT_ATTENTION),
-                          ("cudnn", SDPBackend.CUDNN_ATTENTION)):  # PyTorch's own order of preference
-        try:
-            with only(backend):
-                torch.nn.functional.scaled_dot_product_attention(q, q, v, is_causal=True)
-            return name
-        except RuntimeError:
-            continue
-    return "math"
-
-
 def random_batch(vocab_size: int, micro_batch: int, seq_length: int, device: torch.device) -> dict[str, torch.Tensor]:
     """One micro batch of random tokens in the trainer's format, already on the device."""
     tokens = torch.randint(0, vocab_size, (micro_batch, seq_length + 1), device=device)
@@ -264,6 +247,7 @@ def train_shape(shape: Shape, args: argparse.Namespace) -> dict[str, Any]:
     import logging
 
     from pai_patch.backends import choose_backend
+    from pai_patch.models.attention import choose_sdpa_kernel
     from pai_patch.models.base import Runtime, padded_vocab_size
     from pai_patch.training.loop import Trainer
 
@@ -285,7 +269,9 @@ def train_shape(shape: Shape, args: argparse.Namespace) -> dict[str, Any]:
     attention = choice.attention
     if cuda and attention == "sdpa":
         qk = cfg.qk_head_dim + cfg.qk_pos_emb_head_dim if getattr(cfg, "multi_latent_attention", False) else cfg.kv_channels
-        attention = f"sdpa/{sdpa_kernel(qk, getattr(cfg, 'v_head_dim', None) or qk, cfg.num_attention_heads, device)}"
+        kernel = choose_sdpa_kernel(qk, getattr(cfg, "v_head_dim", None) or qk, cfg.num_attention_heads,
+                                    cfg.num_query_groups or cfg.num_attention_heads, torch.bfloat16, device, masked=False)
+        attention = f"sdpa/{kernel.name}"
     step_tokens = args.micro_batch * args.accum * args.seq
     row = {"label": shape.label, "layers": size.num_layers, "micro_batch": args.micro_batch, "accum": args.accum,
            "global_batch_tokens": step_tokens, "recompute": args.recompute, "attention": attention,
