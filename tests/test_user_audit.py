@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,19 @@ def test_llama_finetune_missing_train_file_is_one_line(tmp_path: Path) -> None:
 def test_llama_pretrain_seed_example_resolves(tmp_path: Path) -> None:
     job = _resolved_train("run_pretrain_megatron_llama", llama_pretrain(str(tmp_path / "wudao"), str(tmp_path)))
     assert job["train_tokens"] == 100000000 and job["train_iters"] is None and job["precision"] == "fp16"
+
+
+@pytest.mark.slow  # imports deepspeed in a subprocess
+def test_hf_deepspeed_launcher_reads_paths_relative_to_the_caller(tmp_path: Path) -> None:
+    """run_ds_train_huggingface_llama.sh changed into the repository first, so relative paths failed."""
+    from pai_patch.recipes.hf_init import write_random_hf
+
+    write_random_hf("llama2", "tiny", tmp_path / "ckpt", "shipped")
+    (tmp_path / "train.json").write_text(json.dumps([{"instruction": "q", "output": "a"}] * 4))
+    (tmp_path / "valid.json").write_text("{not json\n")  # stops the run right after the training data is read
+    result = subprocess.run(["bash", str(ROOT / "recipes/llama2/run_ds_train_huggingface_llama.sh"), "dsw", "7B",
+                             "1", "1", "1e-5", "64", "bf16", "1", "false", "train.json", "valid.json", "ckpt", "1",
+                             "out"], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == "error: valid.json:1: not valid JSON (Expecting property name " \
+                                                     "enclosed in double quotes)"

@@ -22,11 +22,12 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 [ -x "$PYTHON" ] || PYTHON=python
+# pai_patch importable from any directory; relative paths stay relative to where the user is
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 NAME="ds-hf-llama2-${MODEL_SIZE}-lr-${LR}-bs-${BATCH_SIZE}-ga-${GA_STEPS}-seqlen-${SEQ_LEN}-pr-${PR}-zero-${ZERO}-gc-${GC}"
 ARGS=(--model "$PRETRAIN_CHECKPOINT_PATH" --train-data "$TRAIN_DATASET_PATH" --valid-data "$VALID_DATASET_PATH"
       --output "$OUTPUT_BASEPATH/checkpoint/$NAME" --zero "$ZERO" --micro-batch "$BATCH_SIZE" --grad-accum "$GA_STEPS"
       --lr "$LR" --seq-len "$SEQ_LEN" --precision "$PR" "$GC_FLAG" --epochs "$EPOCH" --ds-template "$HERE/ds_config_TEMPLATE.json")
-cd "$ROOT"
 case "$ENV" in
   dsw)
     NPROC=$("$PYTHON" -c "import torch; print(max(torch.cuda.device_count(), 1))")
