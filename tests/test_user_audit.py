@@ -77,3 +77,14 @@ def test_hf_deepspeed_launcher_reads_paths_relative_to_the_caller(tmp_path: Path
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == "error: valid.json:1: not valid JSON (Expecting property name " \
                                                      "enclosed in double quotes)"
+
+
+def test_dry_run_pipeline_prints_every_stage(tmp_path: Path, monkeypatch, capsys) -> None:  # noqa: ANN001
+    """`DRY_RUN=1 make ... pipeline` stopped at export with 'no training checkpoint' (nothing was trained)."""
+    from pai_patch.recipes.stages import run_stage
+
+    monkeypatch.setenv("DRY_RUN", "1")
+    run_stage("pipeline", ["recipe=qwen2_5", f"output={tmp_path / 'run'}"])
+    out = capsys.readouterr().out
+    assert f"--mcore {tmp_path / 'run' / 'sft' / 'checkpoint'}" in out.split(": generate (")[1]
+    assert "convert mcore2hf" in out and not (tmp_path / "run").exists()  # printed, nothing written

@@ -190,6 +190,8 @@ def _latest_training_checkpoint(p: Paths) -> Path:
     for candidate in (p.sft / "checkpoint", p.pretrain / "checkpoint"):
         if (candidate / "latest_checkpointed_iteration.txt").exists():
             return candidate
+    if dry_run():  # a dry-run pipeline trained nothing: show the command on the checkpoint sft would write
+        return p.sft / "checkpoint"
     raise FileNotFoundError(f"no training checkpoint under {p.sft} or {p.pretrain}; run the pretrain or sft stage")
 
 
