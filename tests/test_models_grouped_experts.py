@@ -245,3 +245,11 @@ def test_deepseek_v2_local_spec_uses_grouped_experts() -> None:
         [True] * (size.num_layers - size.first_k_dense)
     key = f"decoder.layers.{size.first_k_dense}.mlp.experts.local_experts.{size.num_experts - 1}.linear_fc1.weight"
     assert model.state_dict()[key].shape == (2 * size.moe_ffn_hidden_size, size.hidden_size)
+
+
+@pytest.mark.slow
+def test_fused_weighted_swiglu_matches_sequential() -> None:
+    """The GPU configuration (``bias_activation_fusion``) goes through megatron's fused weighted SwiGLU in both
+    (slow: on CPU torch.compile builds the fused kernel)."""
+    assert_parity(config(bias_activation_fusion=True), torch.float32, atol=1e-6, rtol=1e-5)
+    assert_parity(config(torch.bfloat16, bias_activation_fusion=True), torch.bfloat16, atol=2e-2, rtol=2e-2)
