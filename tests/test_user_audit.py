@@ -88,3 +88,19 @@ def test_dry_run_pipeline_prints_every_stage(tmp_path: Path, monkeypatch, capsys
     out = capsys.readouterr().out
     assert f"--mcore {tmp_path / 'run' / 'sft' / 'checkpoint'}" in out.split(": generate (")[1]
     assert "convert mcore2hf" in out and not (tmp_path / "run").exists()  # printed, nothing written
+
+
+def test_generate_progress_bar_only_on_the_writing_rank(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """`generate --tp 2` printed two interleaved progress bars, one per TP rank."""
+    from pai_patch.data.tokenizer import load_tokenizer
+    from pai_patch.generation.decoders import HFDecoder
+    from pai_patch.generation.engine import generate_file
+    from pai_patch.generation.sampling import SamplingParams
+    from tests.test_generate_parity import tiny_hf
+
+    decoder, tokenizer = HFDecoder(tiny_hf("qwen2_5")), load_tokenizer("shipped")
+    params = SamplingParams(top_k=1, max_new_tokens=2)
+    generate_file(decoder, tokenizer, ["hi"], tmp_path / "other.jsonl", params, write=False)
+    assert "generate:" not in capsys.readouterr().err and not (tmp_path / "other.jsonl").exists()
+    generate_file(decoder, tokenizer, ["hi"], tmp_path / "rank0.jsonl", params)
+    assert "generate: 100%" in capsys.readouterr().err and (tmp_path / "rank0.jsonl").exists()

@@ -75,7 +75,8 @@ def generate_file(decoder: Decoder, tokenizer: Any, prompts: list[str], output: 
     generator = torch.Generator().manual_seed(params.seed)
     stops = stop_token_ids(tokenizer)
     rows = []
-    for prompt, ids in tqdm(list(zip(prompts, encoded)), desc="generate", unit="prompt"):
+    # one progress bar: only the rank that writes (under TP every rank runs this loop)
+    for prompt, ids in tqdm(list(zip(prompts, encoded)), desc="generate", unit="prompt", disable=not write):
         new = generate_ids(decoder, ids, params, stop_ids=stops, generator=generator, agree=agree)
         rows.append({"prompt": prompt, "output": decode_output(tokenizer, new, stops), "tokens": new})
     if write:
