@@ -77,7 +77,7 @@ def run(module: torch.nn.Module, hidden: torch.Tensor, counts: torch.Tensor, pro
     probs = probs.clone().requires_grad_()
     out, bias = module(hidden, counts, probs)
     assert bias is None
-    out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(out.dtype))
+    out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(out))
     return out.detach(), hidden.grad, probs.grad, [p.grad for p in module.parameters()]
 
 

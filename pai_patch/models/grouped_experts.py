@@ -81,11 +81,23 @@ class GroupedSequentialMLP(SequentialMLP):
             assert self.config.moe_router_topk == 1, "`moe_apply_probs_on_input` only works with `moe_router_topk`=1."
             hidden = (probs.unsqueeze(-1) * hidden).to(hidden.dtype)
             probs = torch.ones_like(probs)
-        # the dispatcher may hand the counts over on the host; the copy and the sum stay asynchronous
-        offs = torch.cumsum(tokens_per_expert.to(hidden.device, non_blocking=True), 0, dtype=torch.int32)
+        offs = group_ends(tokens_per_expert, hidden.device)
         fc1 = GroupedLinear.apply(hidden.contiguous(), offs, *(e.linear_fc1.weight for e in self.local_experts))
         act = expert_activation(self.config, fc1, probs)
         return GroupedLinear.apply(act, offs, *(e.linear_fc2.weight for e in self.local_experts)), None
+
+
+def group_ends(tokens_per_expert: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The end row of each expert's tokens, int32 on ``device``, without waiting for the GPU.
+
+    megatron's alltoall dispatcher hands the counts over on the host: they are summed there and
+    copied from pinned memory (a copy from pageable memory may wait for the stream); counts
+    on the device are summed on the device.
+    """
+    ends = torch.cumsum(tokens_per_expert, 0, dtype=torch.int32)
+    if ends.device == device:
+        return ends
+    return (ends.pin_memory() if device.type == "cuda" else ends).to(device, non_blocking=True)
 
 
 def expert_activation(config: TransformerConfig, fc1: torch.Tensor, per_token_scale: torch.Tensor) -> torch.Tensor:
@@ -156,4 +168,4 @@ def log_once(message: str) -> None:
         log.info(message)
 
 
-__all__ = ["GroupedLinear", "GroupedSequentialMLP", "expert_activation", "why_not_grouped"]
+__all__ = ["GroupedLinear", "GroupedSequentialMLP", "expert_activation", "group_ends", "why_not_grouped"]
