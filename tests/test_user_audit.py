@@ -104,3 +104,16 @@ def test_generate_progress_bar_only_on_the_writing_rank(tmp_path: Path, capsys) 
     assert "generate:" not in capsys.readouterr().err and not (tmp_path / "other.jsonl").exists()
     generate_file(decoder, tokenizer, ["hi"], tmp_path / "rank0.jsonl", params)
     assert "generate: 100%" in capsys.readouterr().err and (tmp_path / "rank0.jsonl").exists()
+
+
+@pytest.mark.slow  # a subprocess that imports torch
+def test_text_generation_launcher_reads_paths_relative_to_the_caller(tmp_path: Path) -> None:
+    """Seed 002 passes CHECKPOINT_PATH as ../../../llama2-train, relative to where it runs the script;
+    the wrapper changed into the repository first, so such paths pointed elsewhere."""
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "ok"}\nnot json\n')  # fails before any model is built
+    result = subprocess.run(["bash", str(ROOT / "toolkits/text_generation/run_text_generation_megatron_llama.sh"),
+                             "dsw", "/m", "/p", "ckpt", "tiny", "1", "1", "1024", "1024", "0", "fp16", "10", "512",
+                             "16", "prompts.jsonl", "out.txt", "0", "1.0", "1.2"],
+                            cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: prompts.jsonl:2: not valid JSON")
