@@ -117,3 +117,20 @@ def test_text_generation_launcher_reads_paths_relative_to_the_caller(tmp_path: P
                             cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: prompts.jsonl:2: not valid JSON")
+
+
+@pytest.mark.slow  # trains two iterations of tiny Qwen2.5
+def test_pipeline_stops_after_a_training_stage_that_stopped_early(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """A SIGTERM'd (or exit_interval) pretrain saves and exits 0; the pipeline went on to sft from the partial run."""
+    from pai_patch.recipes.stages import run_stage
+
+    with pytest.raises(SystemExit) as stop:
+        run_stage("pipeline", ["recipe=qwen2_5", f"output={tmp_path}", "pretrain.train.train_iters=4",
+                               "pretrain.train.exit_interval=2", "pretrain.train.seq_length=32",
+                               "pretrain.train.global_batch_size=2", "pretrain.train.warmup_iters=1",
+                               "pretrain.train.eval_interval=null"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert f"[pretrain] stopped before iteration 4; run the same command again to resume from {tmp_path}" in out
+    assert ": sft (" not in out and not (tmp_path / "pretrain.stamp").exists()
+    assert (tmp_path / "pretrain" / "checkpoint" / "latest_checkpointed_iteration.txt").read_text().strip() == "2"

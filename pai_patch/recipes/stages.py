@@ -150,7 +150,8 @@ def _training_stage(stage: str) -> Callable[[Recipe, Paths], None]:
         if cfg.checkpoint.load:  # a retrained parent makes this stage stale
             inputs.append(Path(cfg.checkpoint.load) / "latest_checkpointed_iteration.txt")
         fp = _fingerprint(inputs, to_dict(cfg))
-        final = out / "checkpoint" / f"iter_{cfg.train.iterations:07d}"
+        save_root = Path(cfg.checkpoint.save) if cfg.checkpoint.save else out / "checkpoint"
+        final = save_root / f"iter_{cfg.train.iterations:07d}"
         if up_to_date(out, fp) and final.exists():
             return _skip(stage, out)
         _validate(recipe, cfg)
@@ -167,6 +168,11 @@ def _training_stage(stage: str) -> Callable[[Recipe, Paths], None]:
         else:
             print(json.dumps(to_dict(cfg), indent=1))
         run_command(train_command(recipe, str(job)))
+        if not dry_run() and not final.exists():
+            # stopped early and saved (SIGTERM, exit_interval): the next stages must not start from a partial run
+            print(f"[{stage}] stopped before iteration {cfg.train.iterations}; run the same command again to resume "
+                  f"from {save_root}", flush=True)
+            raise SystemExit(0)
         mark_done(out, fp)
 
     return run
