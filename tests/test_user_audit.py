@@ -134,3 +134,13 @@ def test_pipeline_stops_after_a_training_stage_that_stopped_early(tmp_path: Path
     assert f"[pretrain] stopped before iteration 4; run the same command again to resume from {tmp_path}" in out
     assert ": sft (" not in out and not (tmp_path / "pretrain.stamp").exists()
     assert (tmp_path / "pretrain" / "checkpoint" / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
+
+
+def test_missing_hf_checkpoint_directory_is_named_as_missing(tmp_path: Path) -> None:
+    """A mistyped SRC said 'no *.safetensors files', as if the directory existed."""
+    from pai_patch.convert.safetensors_stream import SafetensorsReader
+
+    with pytest.raises(FileNotFoundError, match=r"DeepSeek-V2-Lite: no such directory \(expected an HF checkpoint"):
+        SafetensorsReader(tmp_path / "DeepSeek-V2-Lite")
+    with pytest.raises(FileNotFoundError, match="no \\*.safetensors files"):
+        SafetensorsReader(tmp_path)  # exists, but holds no weights

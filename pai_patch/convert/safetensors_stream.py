@@ -45,6 +45,8 @@ class SafetensorsReader:
 
     def __init__(self, directory: str | os.PathLike) -> None:
         directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"{directory}: no such directory (expected an HF checkpoint with *.safetensors)")
         index = directory / INDEX
         if index.exists():
             files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
