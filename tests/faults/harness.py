@@ -174,6 +174,16 @@ def fresh_dir(path: Path) -> Path:
     return path
 
 
+def stopped_run(zygote: Zygote, out: Path, data: str, stop: int) -> list[str]:
+    """Start the 10-iteration run that saves every 2 iterations in a fresh ``out``, stop it at
+    iteration ``stop`` (``train.exit_interval``) with its tracker there, and return its arguments:
+    the set-up of the tests that damage what a run left and then resume it."""
+    argv = train_args(fresh_dir(out), data, 10, "checkpoint.save_interval=2")
+    assert zygote.launch([*argv, f"train.exit_interval={stop}"], out / "log1").wait() == 0
+    assert tracker(out / "checkpoint") == stop
+    return argv
+
+
 # ---- what a run left -------------------------------------------------------------------
 def losses(out: Path) -> dict[int, list[float]]:
     """Every loss each iteration logged (a killed run's partial last line is skipped)."""
@@ -188,6 +198,16 @@ def losses(out: Path) -> dict[int, list[float]]:
             continue
         seen.setdefault(int(record["iteration"]), []).append(record["loss"])
     return seen
+
+
+def first_losses(out: Path) -> dict[int, float]:
+    """The loss each iteration logged first (an uninterrupted run logs each once)."""
+    return {i: v[0] for i, v in losses(out).items()}
+
+
+def last_losses(out: Path) -> dict[int, float]:
+    """The loss each iteration logged last: after kills and resumes, the run that got past it."""
+    return {i: v[-1] for i, v in losses(out).items()}
 
 
 def metric_lines(out: Path) -> int:

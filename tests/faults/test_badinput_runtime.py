@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import error_line, fresh_dir, losses, tracker, train_args
+from harness import error_line, first_losses, fresh_dir, last_losses, stopped_run, tracker, train_args
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from test_badinput_cli import RUNTIME_CASES, normalize, substitute  # noqa: E402
@@ -42,11 +42,9 @@ def test_damaged_latest_checkpoint_is_named_and_never_loaded(zygote, references,
     """Flip bytes (same size) in the latest checkpoint: the CRC check names the file and the
     older checkpoint; pointing the tracker at that one resumes exactly."""
     ref = references.get("every-step", 10, "checkpoint.save_interval=1")
-    out = fresh_dir(work / "damaged")
+    out = work / "damaged"
     root = out / "checkpoint"
-    argv = train_args(out, data_prefix, 10, "checkpoint.save_interval=2")
-    assert zygote.launch([*argv, "train.exit_interval=4"], out / "log1").wait() == 0
-    assert tracker(root) == 4
+    argv = stopped_run(zygote, out, data_prefix, 4)
     shard = root / "iter_0000004" / "__0_0.distcp"
     raw = bytearray(shard.read_bytes())
     raw[len(raw) // 2: len(raw) // 2 + 8] = bytes(8)
@@ -57,7 +55,6 @@ def test_damaged_latest_checkpoint_is_named_and_never_loaded(zygote, references,
     assert "other checkpoints here: iter_0000002" in line
     (root / "latest_checkpointed_iteration.txt").write_text("2\n")
     assert zygote.launch(argv, out / "log3").wait() == 0
-    got = {i: v[-1] for i, v in losses(out).items()}
-    assert got == {i: v[0] for i, v in losses(ref).items()}
+    assert last_losses(out) == first_losses(ref)
     # the damaged iter_4 was replaced by a sound save when the run passed iteration 4 again
     assert tracker(root) == 10

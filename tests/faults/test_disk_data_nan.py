@@ -10,18 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import audit, error_line, fresh_dir, losses, tracker, train_args
+from harness import audit, error_line, first_losses, fresh_dir, last_losses, stopped_run, tracker, train_args
 
 pytestmark = pytest.mark.slow
 
 
 def test_disk_full_during_save_keeps_previous_checkpoint(zygote, references, work, data_prefix):
     ref = references.get("every-step", 10, "checkpoint.save_interval=1")
-    out = fresh_dir(work / "disk-full")
+    out = work / "disk-full"
     root = out / "checkpoint"
-    common = train_args(out, data_prefix, 10, "checkpoint.save_interval=2")
-    assert zygote.launch([*common, "train.exit_interval=2"], out / "log1").wait() == 0
-    assert tracker(root) == 2
+    common = stopped_run(zygote, out, data_prefix, 2)
     # every file the save writes is capped at 1 MiB (the model shard is ~6 MiB): the disk is "full"
     run = zygote.launch(common, out / "log2", fsize=1 << 20)
     line = error_line(run)
@@ -33,8 +31,7 @@ def test_disk_full_during_save_keeps_previous_checkpoint(zygote, references, wor
     assert not audit(root, ref / "checkpoint")
     # with space again, the run resumes from iteration 2 and matches the uninterrupted run
     assert zygote.launch(common, out / "log3").wait() == 0
-    got = {i: v[-1] for i, v in losses(out).items()}
-    assert got == {i: v[0] for i, v in losses(ref).items()}
+    assert last_losses(out) == first_losses(ref)
 
 
 def _copy_dataset(prefix: str, dest: Path) -> str:

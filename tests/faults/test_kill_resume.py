@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import COUNTS, Run, audit, fresh_dir, launch_process, losses, metric_lines, tracker, train_args
+from harness import (COUNTS, Run, audit, first_losses, fresh_dir, last_losses, launch_process, losses, metric_lines,
+                     tracker, train_args)
 
 pytestmark = pytest.mark.slow
 SEED = 20240909
@@ -95,9 +96,8 @@ def kill_chain(launch, ref_out: Path, out: Path, argv: list[str], *, kills: int,
     finally:
         for old in old_runs:
             old.kill_group()
-    final = {i: v[-1] for i, v in losses(out).items()}
     assert tracker(root) == iters
-    assert final == {i: v[0] for i, v in ref.items()}, "the finished run's losses differ from the uninterrupted run"
+    assert last_losses(out) == first_losses(ref_out), "the finished run's losses differ from the uninterrupted run"
     assert not audit(root, ref_root)
     COUNTS.kills_survived += made
     return made
@@ -164,5 +164,4 @@ def test_sigterm_saves_at_step_boundary_then_resumes_exactly(zygote, references,
         assert "second signal" in run.text()
     assert not audit(root, ref / "checkpoint")
     assert zygote.launch(argv, out / "log3").wait(300) == 0
-    got = {i: v[-1] for i, v in losses(out).items()}
-    assert got == {i: v[0] for i, v in losses(ref).items()}
+    assert last_losses(out) == first_losses(ref)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import (COUNTS, audit, children_of, fresh_dir, launch_process, losses, metric_lines, tracker,
-                     train_args)
+from harness import (COUNTS, audit, children_of, first_losses, fresh_dir, last_losses, launch_process, metric_lines,
+                     tracker, train_args)
 
 pytestmark = [pytest.mark.slow, pytest.mark.dist]
 ITERS = 8
@@ -38,7 +38,7 @@ def test_kill9_torchrun(references, work, data_prefix):
     # DP=2 reproduces the single-process run bit for bit (per-token loss over the global batch),
     # so the uninterrupted reference is the single-process run of the same job
     ref = references.get("interval-2-8", ITERS, *EXTRA)
-    want = {i: v[0] for i, v in losses(ref).items()}
+    want = first_losses(ref)
     out = fresh_dir(work / "kill-torchrun")
     root = out / "checkpoint"
     argv = train_args(out, data_prefix, ITERS, *EXTRA)
@@ -98,7 +98,7 @@ def test_kill9_torchrun(references, work, data_prefix):
     finally:
         for run in runs:
             run.kill_group()
-    got = {i: v[-1] for i, v in losses(out).items()}
+    got = last_losses(out)
     assert set(got) == set(want)
     worst = max(abs(got[i] - want[i]) for i in want)
     exact = got == want
