@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -144,3 +145,20 @@ def test_missing_hf_checkpoint_directory_is_named_as_missing(tmp_path: Path) -> 
         SafetensorsReader(tmp_path / "DeepSeek-V2-Lite")
     with pytest.raises(FileNotFoundError, match="no \\*.safetensors files"):
         SafetensorsReader(tmp_path)  # exists, but holds no weights
+
+
+@pytest.mark.slow  # two preprocessing subprocesses
+def test_data_scripts_take_the_seeds_trailing_slash(tmp_path: Path) -> None:
+    """Seed 000 passes /mnt/deepseek-datasets/ as OUTPUT_DIR; the scripts printed '...datasets//mmap_...'."""
+    tokenizer = str(ROOT / "pai_patch" / "assets" / "tokenizer")
+    (tmp_path / "corpus.jsonl").write_text('{"text": "a short document"}\n')
+    (tmp_path / "sft.json").write_text(json.dumps([{"instruction": "q", "output": "a"}]))
+    for script, args in (("pretrain_data_preprocessing/run_make_pretraining_dataset_megatron.sh",
+                          ["corpus.jsonl", "DeepSeekV2Tokenizer", "text", "out/", tokenizer]),
+                         ("sft_data_preprocessing/run_make_sft_dataset_megatron.sh",
+                          ["sft.json", "Qwen2Tokenizer", "alpaca", "64", "out/", tokenizer])):
+        result = subprocess.run(["sh", str(ROOT / "toolkits" / script), *args], cwd=tmp_path, capture_output=True,
+                                text=True, check=True, env={**os.environ, "WORKERS": "1"})
+        assert "out/mmap_" in result.stdout + result.stderr and "//" not in result.stdout + result.stderr
+    assert (tmp_path / "out" / "mmap_deepseekv2_datasets_text_document.idx").is_file()
+    assert (tmp_path / "out" / "mmap_qwen2_sft_datasets_text_document.idx").is_file()

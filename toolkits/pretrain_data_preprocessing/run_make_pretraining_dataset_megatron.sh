@@ -12,7 +12,7 @@ fi
 INPUT=$1
 TOKENIZER=$2
 JSON_KEY=$3
-OUTPUT_DIR=$4
+OUTPUT_DIR=${4%/}  # the seeds pass /mnt/deepseek-datasets/: no "//" in the printed paths
 TOKENIZER_DIR=$5
 
 NAME=$(tokenizer_short_name "$TOKENIZER")

@@ -12,7 +12,7 @@ INPUT=$1
 TOKENIZER=$2
 FORMAT=$3
 SEQ_LEN=$4
-OUTPUT_DIR=$5
+OUTPUT_DIR=${5%/}  # a trailing slash (as the seeds write directories) would print "//"
 TOKENIZER_DIR=$6
 PACK=${7:-false}
 
