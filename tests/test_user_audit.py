@@ -162,3 +162,18 @@ def test_data_scripts_take_the_seeds_trailing_slash(tmp_path: Path) -> None:
         assert "out/mmap_" in result.stdout + result.stderr and "//" not in result.stdout + result.stderr
     assert (tmp_path / "out" / "mmap_deepseekv2_datasets_text_document.idx").is_file()
     assert (tmp_path / "out" / "mmap_qwen2_sft_datasets_text_document.idx").is_file()
+
+
+def test_stale_finished_training_stage_is_refused(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """After a finished pretrain, `make ... pretrain pretrain.optim.lr=...` resumed at the last iteration, trained
+    nothing, printed 'done: iteration 100 (finished), loss nan' and stamped the stage as made with the new lr."""
+    from pai_patch.recipes.stages import run_stage
+
+    monkeypatch.setenv("DRY_RUN", "1")
+    checkpoint = tmp_path / "pretrain" / "checkpoint"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "latest_checkpointed_iteration.txt").write_text("100\n")  # what a finished 100-iteration run leaves
+    (tmp_path / "pretrain.stamp").write_text("fingerprint of the earlier settings\n")
+    with pytest.raises(ConfigError, match=f"{checkpoint}: already at iteration 100 of 100, trained with other"):
+        run_stage("pretrain", ["recipe=qwen2_5", f"output={tmp_path}", "pretrain.optim.lr=1e-3"])
+    run_stage("pretrain", ["recipe=qwen2_5", f"output={tmp_path}", "pretrain.train.train_iters=150"])  # trains on

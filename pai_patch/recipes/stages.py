@@ -4,7 +4,8 @@ Stages: data → convert → pretrain → sft → export → eval → generate; 
 in order.  ``serve`` (not part of the pipeline: it runs until stopped) serves the latest checkpoint
 over websockets.  Each stage records what it was made from (a stamp of input files and settings)
 next to its output and is skipped when that stamp still matches, so ``make ... pipeline``
-after an edit redoes only what the edit affects.
+after an edit redoes only what the edit affects.  A training stage resumes from its own
+checkpoints, so a finished one whose settings changed is refused rather than "resumed" at its end.
 """
 
 from __future__ import annotations
@@ -154,6 +155,7 @@ def _training_stage(stage: str) -> Callable[[Recipe, Paths], None]:
         final = save_root / f"iter_{cfg.train.iterations:07d}"
         if up_to_date(out, fp) and final.exists():
             return _skip(stage, out)
+        _refuse_finished_run(stage, out, save_root, cfg.train.iterations)
         _validate(recipe, cfg)
         job = out / "job.yaml"
         if not dry_run():
@@ -176,6 +178,20 @@ def _training_stage(stage: str) -> Callable[[Recipe, Paths], None]:
         mark_done(out, fp)
 
     return run
+
+
+def _refuse_finished_run(stage: str, out: Path, save_root: Path, iterations: int) -> None:
+    """A stale stage whose checkpoints already reach the end would be resumed there and train nothing.
+
+    The trainer resumes from its own save directory (so a stopped run continues, and a larger
+    train_iters trains on); after other edits that would silently keep the old model.
+    """
+    tracker = save_root / "latest_checkpointed_iteration.txt"
+    done = tracker.read_text().strip() if tracker.is_file() else ""
+    if _stamp_path(out).is_file() and done.isdigit() and int(done) >= iterations:
+        raise ConfigError(f"{save_root}: already at iteration {done} of {iterations}, trained with other settings or "
+                          f"inputs, so the {stage} stage would resume there and train nothing; remove it (or pass "
+                          f"output=DIR) to train again")
 
 
 def _validate(recipe: Recipe, cfg) -> None:  # noqa: ANN001
