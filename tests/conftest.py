@@ -1,4 +1,5 @@
-"""Shared fixtures: the shipped corpus as an idxmap, and running the CLI in a subprocess.
+"""Shared fixtures: the shipped corpus as an idxmap, running the CLI in a subprocess, and the
+converted tiny checkpoint with its single-process run that the layout tests compare against.
 
 Training runs go through ``python -m pai_patch`` in a child process, as users run them:
 torch.distributed and megatron-core keep global state that must not leak between tests.
@@ -28,6 +29,45 @@ def corpus_prefix(tmp_path_factory: pytest.TempPathFactory) -> str:
     prefix = tmp_path_factory.mktemp("corpus") / "pretrain"
     preprocess_pretrain(str(CORPUS / "pretrain.jsonl"), load_tokenizer("shipped"), prefix, progress=False)
     return f"{prefix}_text_document"
+
+
+#: training steps of every layout-equivalence run (tests/test_train_parallel.py, _cp.py, _resume_layout.py)
+LAYOUT_STEPS = 10
+
+
+@pytest.fixture(scope="session")
+def start(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded tiny Qwen2.5 HF model (``<root>/hf``) converted to torch_dist, which loads at any
+    layout (``<root>/mcore``); made once per session for every layout test."""
+    from pai_patch.recipes.hf_init import write_random_hf
+
+    root = tmp_path_factory.mktemp("start")
+    write_random_hf("qwen2_5", "tiny", root / "hf", "shipped", seed=3)
+    run_cli("convert", "hf2mcore", "--model", "qwen2_5", "--size", "tiny", "--hf", str(root / "hf"),
+            "--mcore", str(root / "mcore"), "--format", "torch_dist")
+    return root / "mcore"
+
+
+@pytest.fixture(scope="session")
+def reference(start: Path, corpus_prefix: str, tmp_path_factory: pytest.TempPathFactory) -> dict[int, float]:
+    """The single-process losses every other layout must reproduce (one run per session)."""
+    out = tmp_path_factory.mktemp("ref")
+    train_from_start(start, corpus_prefix, out)
+    return losses(out)
+
+
+def train_from_start(start: Path, corpus: str, out: Path, *extra: str, nproc: int = 1,
+                     check: bool = True) -> subprocess.CompletedProcess:
+    """The layout tests' run: LAYOUT_STEPS steps of tiny Qwen2.5 from ``start``, plus ``extra`` overrides."""
+    return run_cli("train", "model.family=qwen2_5", "model.size=tiny", f"data.train_path={corpus}", f"output_dir={out}",
+            f"checkpoint.load={start}", "train.seq_length=64", f"train.train_iters={LAYOUT_STEPS}", "optim.lr=1e-3",
+            *extra, nproc=nproc, check=check)
+
+
+def max_loss_diff(a: dict[int, float], b: dict[int, float]) -> float:
+    """The largest loss difference of two layout runs, after checking both logged every step."""
+    assert sorted(a) == sorted(b) == list(range(1, LAYOUT_STEPS + 1))
+    return max(abs(a[i] - b[i]) for i in a)
 
 
 def free_port() -> int:

@@ -19,8 +19,7 @@ import torch
 
 from pai_patch.models.attention import attend, cp_positions, cp_to_sequence_order, packed_causal_mask
 from pai_patch.models.base import Runtime
-from tests.conftest import losses, report_line, run_torchrun_script
-from tests.test_train_parallel import STEPS, _max_diff, _train, reference, start  # noqa: F401 - fixtures
+from tests.conftest import losses, max_loss_diff, report_line, run_torchrun_script, train_from_start
 
 SEQ = 24
 PACKED_CU = torch.tensor([0, 7, 16, 21], dtype=torch.int32)  # three samples, then three padding positions
@@ -112,10 +111,10 @@ def test_packing_with_mla_is_a_clear_error() -> None:
 
 @pytest.mark.slow
 @pytest.mark.dist
-def test_cp2_training_matches_single_process(start: Path, corpus_prefix: str,  # noqa: F811 - fixtures
-                                             reference: dict[int, float], tmp_path: Path) -> None:  # noqa: F811
-    _train(start, corpus_prefix, tmp_path, "parallel.cp=2", nproc=2)
-    assert _max_diff(reference, losses(tmp_path)) < 1e-5
+def test_cp2_training_matches_single_process(start: Path, corpus_prefix: str, reference: dict[int, float],
+                                             tmp_path: Path) -> None:
+    train_from_start(start, corpus_prefix, tmp_path, "parallel.cp=2", nproc=2)
+    assert max_loss_diff(reference, losses(tmp_path)) < 1e-5
 
 
 @pytest.mark.slow

@@ -1,10 +1,10 @@
 """Layouts change how the work is split, not what is computed.
 
-Every run starts from the same converted checkpoint (a seeded HF model through
-``convert hf2mcore``, torch_dist, which loads at any layout) and trains 10 steps on the
-same data; TP=2, PP=2 (also interleaved with VP=2, and uneven with one layer on the first
-stage), DP=2 under torchrun and the distributed optimizer must match the single-process run,
-and activation checkpointing (sel/full/offload) must not change the loss.  A virtual-pipeline
+Every run starts from the same converted checkpoint (``start`` in ``tests/conftest.py``: a
+seeded HF model through ``convert hf2mcore``, torch_dist, which loads at any layout) and trains
+10 steps on the same data; TP=2, PP=2 (also interleaved with VP=2, and uneven with one layer on
+the first stage), DP=2 under torchrun and the distributed optimizer must match the
+single-process run (``reference``, made once per session), and activation checkpointing (sel/full/offload) must not change the loss.  A virtual-pipeline
 run also starts from a legacy checkpoint (Megatron-LM's ``model0``/``model1`` rank files) and
 resumes from its own checkpoint.
 """
@@ -15,21 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import losses, run_cli
+from tests.conftest import losses, max_loss_diff, run_cli, train_from_start
 
 pytestmark = pytest.mark.slow
-STEPS = 10
-
-
-@pytest.fixture(scope="module")
-def start(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pai_patch.recipes.hf_init import write_random_hf
-
-    root = tmp_path_factory.mktemp("start")
-    write_random_hf("qwen2_5", "tiny", root / "hf", "shipped", seed=3)
-    run_cli("convert", "hf2mcore", "--model", "qwen2_5", "--size", "tiny", "--hf", str(root / "hf"),
-            "--mcore", str(root / "mcore"), "--format", "torch_dist")
-    return root / "mcore"
 
 
 @pytest.fixture(scope="module")
@@ -41,24 +29,6 @@ def legacy_vp_start(start: Path) -> Path:
     return start.parent / "legacy_vp"
 
 
-@pytest.fixture(scope="module")
-def reference(start: Path, corpus_prefix: str, tmp_path_factory: pytest.TempPathFactory) -> dict[int, float]:
-    out = tmp_path_factory.mktemp("ref")
-    _train(start, corpus_prefix, out)
-    return losses(out)
-
-
-def _train(start: Path, corpus: str, out: Path, *extra: str, nproc: int = 1) -> None:
-    run_cli("train", "model.family=qwen2_5", "model.size=tiny", f"data.train_path={corpus}", f"output_dir={out}",
-            f"checkpoint.load={start}", "train.seq_length=64", f"train.train_iters={STEPS}", "optim.lr=1e-3",
-            *extra, nproc=nproc)
-
-
-def _max_diff(a: dict[int, float], b: dict[int, float]) -> float:
-    assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))
-    return max(abs(a[i] - b[i]) for i in a)
-
-
 @pytest.mark.dist
 @pytest.mark.parametrize("layout", [["parallel.tp=2"], ["parallel.pp=2"], [], ["parallel.distributed_optimizer=true"],
                                     ["parallel.tp=2", "parallel.sequence_parallel=true"],
@@ -66,8 +36,8 @@ def _max_diff(a: dict[int, float], b: dict[int, float]) -> float:
                          ids=["tp2", "pp2", "dp2", "dp2-distopt", "tp2-sp", "pp2-vp2", "pp2-first-stage-1-layer"])
 def test_two_process_layouts_match_single_process(layout: list[str], start: Path, corpus_prefix: str,
                                                   reference: dict[int, float], tmp_path: Path) -> None:
-    _train(start, corpus_prefix, tmp_path, *layout, nproc=2)
-    assert _max_diff(reference, losses(tmp_path)) < 1e-5
+    train_from_start(start, corpus_prefix, tmp_path, *layout, nproc=2)
+    assert max_loss_diff(reference, losses(tmp_path)) < 1e-5
 
 
 @pytest.mark.dist
@@ -75,9 +45,9 @@ def test_virtual_pipeline_from_legacy_chunks_resumes_exactly(legacy_vp_start: Pa
                                                              reference: dict[int, float], tmp_path: Path) -> None:
     vp = ("parallel.pp=2", "parallel.vp=2")
     for _ in range(2):  # stops after step 5 with a checkpoint; the second run resumes from it
-        _train(legacy_vp_start, corpus_prefix, tmp_path, *vp, "train.exit_interval=5", nproc=2)
+        train_from_start(legacy_vp_start, corpus_prefix, tmp_path, *vp, "train.exit_interval=5", nproc=2)
     assert (tmp_path / "checkpoint" / "iter_0000005").is_dir()
-    assert _max_diff(reference, losses(tmp_path)) < 1e-5
+    assert max_loss_diff(reference, losses(tmp_path)) < 1e-5
     # a legacy checkpoint holds one rank's chunks, so a run without VP is told to convert again
     wrong = run_cli("train", "model.family=qwen2_5", "model.size=tiny", f"data.train_path={corpus_prefix}",
                     f"output_dir={tmp_path / 'wrong'}", f"checkpoint.load={legacy_vp_start}", "train.seq_length=64",
@@ -89,5 +59,5 @@ def test_virtual_pipeline_from_legacy_chunks_resumes_exactly(legacy_vp_start: Pa
 @pytest.mark.parametrize("mode", ["sel", "full", "offload"])
 def test_activation_checkpointing_keeps_the_loss(mode: str, start: Path, corpus_prefix: str,
                                                  reference: dict[int, float], tmp_path: Path) -> None:
-    _train(start, corpus_prefix, tmp_path, f"train.recompute={mode}", "train.recompute_layers=1")
-    assert _max_diff(reference, losses(tmp_path)) < 1e-6
+    train_from_start(start, corpus_prefix, tmp_path, f"train.recompute={mode}", "train.recompute_layers=1")
+    assert max_loss_diff(reference, losses(tmp_path)) < 1e-6
