@@ -36,7 +36,7 @@ LAYOUT_STEPS = 10
 
 
 @pytest.fixture(scope="session")
-def start(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def layout_start(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A seeded tiny Qwen2.5 HF model (``<root>/hf``) converted to torch_dist, which loads at any
     layout (``<root>/mcore``); made once per session for every layout test."""
     from pai_patch.recipes.hf_init import write_random_hf
@@ -49,10 +49,11 @@ def start(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def reference(start: Path, corpus_prefix: str, tmp_path_factory: pytest.TempPathFactory) -> dict[int, float]:
+def layout_reference(layout_start: Path, corpus_prefix: str,
+                     tmp_path_factory: pytest.TempPathFactory) -> dict[int, float]:
     """The single-process losses every other layout must reproduce (one run per session)."""
     out = tmp_path_factory.mktemp("ref")
-    train_from_start(start, corpus_prefix, out)
+    train_from_start(layout_start, corpus_prefix, out)
     return losses(out)
 
 

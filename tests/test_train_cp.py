@@ -111,10 +111,10 @@ def test_packing_with_mla_is_a_clear_error() -> None:
 
 @pytest.mark.slow
 @pytest.mark.dist
-def test_cp2_training_matches_single_process(start: Path, corpus_prefix: str, reference: dict[int, float],
-                                             tmp_path: Path) -> None:
-    train_from_start(start, corpus_prefix, tmp_path, "parallel.cp=2", nproc=2)
-    assert max_loss_diff(reference, losses(tmp_path)) < 1e-5
+def test_cp2_training_matches_single_process(layout_start: Path, corpus_prefix: str,
+                                             layout_reference: dict[int, float], tmp_path: Path) -> None:
+    train_from_start(layout_start, corpus_prefix, tmp_path, "parallel.cp=2", nproc=2)
+    assert max_loss_diff(layout_reference, losses(tmp_path)) < 1e-5
 
 
 @pytest.mark.slow
