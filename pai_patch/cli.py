@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("pai_patch.models.cli", "inspect model families and sizes"),
@@ -30,12 +31,47 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+#: (category, message regex, module regex) of the library warnings every run printed that a user cannot act on;
+#: each is filtered only for that message from that module, so any other warning still shows.
+KNOWN_WARNINGS: tuple[tuple[type[Warning], str, str], ...] = (
+    # megatron warns on every selective core_attn recompute (the seeds' AC=sel) in case TE's fused attention
+    # makes it pointless; without TE (CPU) it is the unfused attention, where recomputing is what AC=sel asks for
+    (UserWarning, r"If you are using transformer_engine as the transformer implementation, the core_attn",
+     r"megatron\.core\.transformer\.transformer_config"),
+    # megatron-core 0.16's torch_dist loader calls torch's old name; the checkpoint loads the same
+    (FutureWarning, r"`load_state_dict` is deprecated", r"megatron\.core\.dist_checkpointing"),
+    # megatron-core's torch_dist format is built on ShardedTensor; nothing a user chooses avoids it (attributed to
+    # pai_patch.patches.cpu on the CPU, whose torch-function mode is the caller torch sees)
+    (FutureWarning, r"Please use DTensor instead and we are deprecating ShardedTensor",
+     r"(pai_patch\.patches\.cpu|torch\.distributed|megatron\.core)"),
+    # the distributed optimizer's zero_grad asks every shard view for .grad (megatron marks it
+    # "throws grad-access warning"); the views never get gradients, so there is nothing to lose
+    (UserWarning, r"The \.grad attribute of a Tensor that is not a leaf Tensor",
+     r"(pai_patch\.patches\.cpu|megatron\.core\.optimizer)"),
+    # megatron-core's distributed optimizer and sequence parallelism call torch's old collective names; same collectives
+    (FutureWarning, r"`torch\.distributed\.(reduce_scatter_tensor|all_gather_into_tensor)` is deprecated",
+     r"torch\.distributed"),
+    # conversion writes each tensor group single-process on purpose (no_dist=True); torch warns even when asked
+    (UserWarning, r"torch\.distributed is disabled, unavailable or uninitialized",
+     r"torch\.distributed\.checkpoint"),
+)
+
+
+def quiet_known_warnings() -> None:
+    """Filter :data:`KNOWN_WARNINGS`, unless the user asked for warnings explicitly (``-W``/``PYTHONWARNINGS``)."""
+    if sys.warnoptions:
+        return
+    for category, message, module in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
+
+
 class CliError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    quiet_known_warnings()
     parser = argparse.ArgumentParser(prog="python -m pai_patch", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="command")
     for name, (_, help_text) in COMMANDS.items():

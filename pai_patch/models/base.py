@@ -178,6 +178,8 @@ class ModelFamily:
             # apex's persistent kernel only: TE norms ignore it and megatron's torch norm (local spec on a
             # GPU without apex) asserts it off
             persist_layer_norm=False,
+            # megatron's default "full" is deprecated (it warns on every config); [] is the same whole-layer scope
+            cuda_graph_scope=[],
         )
         if rt.pp0_layers is not None and rt.pp > 1:
             kwargs["num_layers_in_first_pipeline_stage"] = rt.pp0_layers
