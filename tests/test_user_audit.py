@@ -177,3 +177,13 @@ def test_stale_finished_training_stage_is_refused(tmp_path: Path, monkeypatch) -
     with pytest.raises(ConfigError, match=f"{checkpoint}: already at iteration 100 of 100, trained with other"):
         run_stage("pretrain", ["recipe=qwen2_5", f"output={tmp_path}", "pretrain.optim.lr=1e-3"])
     run_stage("pretrain", ["recipe=qwen2_5", f"output={tmp_path}", "pretrain.train.train_iters=150"])  # trains on
+
+
+def test_run_with_nothing_to_train_says_so_instead_of_loss_nan() -> None:
+    """Re-running a finished job resumed at its last iteration, trained nothing and ended 'loss nan'."""
+    from pai_patch.training.cli import summary_line
+
+    nothing = summary_line({"iteration": 100, "last": None, "stopped": "finished"}, 100)
+    assert nothing == "done: already at iteration 100 of 100; nothing was trained"
+    trained = summary_line({"iteration": 4, "last": {"loss": 6.78901}, "stopped": "exit_interval 4"}, 10)
+    assert trained == "done: iteration 4 (exit_interval 4), loss 6.7890"

@@ -34,7 +34,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from pai_patch.training.loop import run_training
 
-    result = run_training(cfg)
-    last = result["last"] or {}
-    print(f"done: iteration {result['iteration']} ({result['stopped']}), loss {last.get('loss', float('nan')):.4f}")
+    print(summary_line(run_training(cfg), cfg.train.iterations))
     return 0
+
+
+def summary_line(result: dict, iterations: int) -> str:
+    """The run's last line; a run resumed at its last iteration has no loss to show (it printed 'loss nan')."""
+    if result["last"] is None:
+        return f"done: already at iteration {result['iteration']} of {iterations}; nothing was trained"
+    return f"done: iteration {result['iteration']} ({result['stopped']}), loss {result['last']['loss']:.4f}"
