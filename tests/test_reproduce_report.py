@@ -97,3 +97,11 @@ def test_report_command_for_scores_measured_outside_the_stage(tmp_path):
     text = (tmp_path / "out" / "report.md").read_text()
     assert "| cmmlu/acc | 0.6200 | 0.6430 | -0.0230 | NO |" in text
     assert "| ceval-valid/acc | 0.6000 | 0.6030 | -0.0030 | yes |" in text
+
+
+def test_header_names_the_measured_tasks_not_the_recipes(recipe, tmp_path):
+    """The header said 'tasks cmmlu, ceval-valid' (the recipe's) for a run that measured only pai_tiny_mc."""
+    assert "cmmlu" in recipe.eval.tasks
+    header = write_report(recipe, {"pai_tiny_mc/acc": 0.25, "pai_tiny_mc/acc_norm": 0.3}, tmp_path).read_text()
+    assert "Measured with lm-eval on tasks pai_tiny_mc;" in header
+    assert "Measured with lm-eval on tasks (none);" in write_report(recipe, {}, tmp_path).read_text()

@@ -55,13 +55,18 @@ def summary(rows: list[dict[str, Any]], tolerance: float) -> str:
     return text + (f" {missing} published result(s) not measured by this run." if missing else "")
 
 
+def measured_tasks(rows: list[dict[str, Any]]) -> list[str]:
+    """The tasks the scores hold (``task/metric`` keys), not the recipe's: a run may measure others (pai_tiny_mc)."""
+    return list(dict.fromkeys(r["metric"].split("/")[0] for r in rows if r["measured"] is not None))
+
+
 def render_markdown(recipe: Recipe, rows: list[dict[str, Any]]) -> str:
     def num(value: float | None, fmt: str) -> str:
         return "—" if value is None else format(value, fmt)
 
     tol = recipe.eval.tolerance
     lines = [f"# {recipe.recipe} {recipe.model.size}: evaluation", "",
-             f"Measured with lm-eval on tasks {', '.join(recipe.eval.tasks)}; a row reproduces when "
+             f"Measured with lm-eval on tasks {', '.join(measured_tasks(rows)) or '(none)'}; a row reproduces when "
              f"|measured − published| ≤ {tol}.", "",
              "| metric | measured | published | diff | reproduced | published setting | source |",
              "|---|---|---|---|---|---|---|"]
