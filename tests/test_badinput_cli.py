@@ -71,6 +71,13 @@ CASES: list[tuple[str, list[str], str]] = [
      "error: <tmp>/missing.yaml: no such recipe file"),
     ("recipe: HF checkpoint path that does not exist", ["stage", "convert", "recipe=qwen2_5", "hf=<tmp>/nohf"],
      "error: convert.hf: <tmp>/nohf/config.json not found (expected an HF checkpoint dir)"),
+    ("recipe: other settings for a training stage that already finished (`<tmp>/out` holds a 100-iteration run)",
+     ["stage", "pretrain", "recipe=qwen2_5", "output=<tmp>/out", "pretrain.optim.lr=1e-3"],
+     "error: <tmp>/out/pretrain/checkpoint: already at iteration 100 of 100, trained with other settings or inputs, "
+     "so the pretrain stage would resume there and train nothing; remove it (or pass output=DIR) to train again"),
+    ("convert: HF checkpoint directory that does not exist",
+     ["convert", "hf2mcore", "--model", "qwen2_5", "--size", "tiny", "--hf", "<tmp>/nohf", "--mcore", "<tmp>/mcore"],
+     "error: <tmp>/nohf: no such directory (expected an HF checkpoint with *.safetensors)"),
     ("train: job file that does not exist", ["train", "--config", "<tmp>/job.yaml"],
      "error: <tmp>/job.yaml: no such file"),
     ("train: job file with invalid YAML", ["train", "--config", "<tmp>/bad.yaml"],
@@ -188,6 +195,10 @@ def render_doc() -> str:
 @pytest.fixture
 def inputs(tmp_path: Path) -> Path:
     (tmp_path / "bad.yaml").write_text("train: [unclosed\n")
+    finished = tmp_path / "out" / "pretrain" / "checkpoint"  # what a finished 100-iteration pretrain stage leaves
+    finished.mkdir(parents=True)
+    (finished / "latest_checkpointed_iteration.txt").write_text("100\n")
+    (tmp_path / "out" / "pretrain.stamp").write_text("fingerprint of the earlier settings\n")
     return tmp_path
 
 
