@@ -155,8 +155,8 @@ def _training_stage(stage: str) -> Callable[[Recipe, Paths], None]:
         final = save_root / f"iter_{cfg.train.iterations:07d}"
         if up_to_date(out, fp) and final.exists():
             return _skip(stage, out)
-        _refuse_finished_run(stage, out, save_root, cfg.train.iterations)
         _validate(recipe, cfg)
+        _refuse_finished_run(stage, out, save_root, cfg.train.iterations)
         job = out / "job.yaml"
         if not dry_run():
             # atomic: on PAI-DLC every node runs this stage on the shared output directory, and one
