@@ -186,9 +186,10 @@ def _refuse_finished_run(stage: str, out: Path, save_root: Path, iterations: int
     The trainer resumes from its own save directory (so a stopped run continues, and a larger
     train_iters trains on); after other edits that would silently keep the old model.
     """
-    tracker = save_root / "latest_checkpointed_iteration.txt"
-    done = tracker.read_text().strip() if tracker.is_file() else ""
-    if _stamp_path(out).is_file() and done.isdigit() and int(done) >= iterations:
+    from pai_patch.training.checkpointing import read_tracker
+
+    done = read_tracker(save_root)
+    if _stamp_path(out).is_file() and done is not None and done >= iterations:
         raise ConfigError(f"{save_root}: already at iteration {done} of {iterations}, trained with other settings or "
                           f"inputs, so the {stage} stage would resume there and train nothing; remove it (or pass "
                           f"output=DIR) to train again")
