@@ -208,13 +208,18 @@ def _model_state(model_chunks: list[torch.nn.Module]) -> dict[str, Any]:
     return {f"model{i}": unwrap(chunk).sharded_state_dict() for i, chunk in enumerate(model_chunks)}
 
 
-def optimizer_format(optimizer, requested: str) -> str:  # noqa: ANN001
-    """The format the optimizer state is saved in: ``requested`` for megatron's distributed optimizer,
-    ``model_space`` for a regular one (its state has the parameters' shapes: loads at any layout)."""
+def uses_distributed_optimizer(optimizer) -> bool:  # noqa: ANN001
+    """Whether megatron's distributed optimizer (alone or in a chain) holds the optimizer state."""
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
     parts = getattr(optimizer, "chained_optimizers", [optimizer])
-    return requested if any(isinstance(o, DistributedOptimizer) for o in parts) else "model_space"
+    return any(isinstance(o, DistributedOptimizer) for o in parts)
+
+
+def optimizer_format(optimizer, requested: str) -> str:  # noqa: ANN001
+    """The format the optimizer state is saved in: ``requested`` for megatron's distributed optimizer,
+    ``model_space`` for a regular one (its state has the parameters' shapes: loads at any layout)."""
+    return requested if uses_distributed_optimizer(optimizer) else "model_space"
 
 
 def _state(model_chunks, optimizer, scheduler, *, is_loading: bool, extra: dict[str, Any],
@@ -492,7 +497,7 @@ def _check_same_optimizer_kind(directory: Path, saved_format: str | None, optimi
     if saved_format is None:
         return
     saved = saved_format != "model_space"
-    this = optimizer_format(optimizer, "dp_reshardable") != "model_space"
+    this = uses_distributed_optimizer(optimizer)
     if saved != this:
         raise CheckpointError(
             f"{directory}: its optimizer state was saved {'with' if saved else 'without'} the distributed optimizer, "
