@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     args = cmd_parser.parse_args(rest)
     try:
         return int(module.run(args) or 0)
-    except (CliError, KeyError, ValueError, FileNotFoundError) as err:
+    except (CliError, KeyError, ValueError, FileNotFoundError, ChildProcessError) as err:
         if os.environ.get("PAI_PATCH_TRACEBACK", "0") not in ("", "0"):
             raise  # the whole traceback, for an error whose one line is not enough
         message = err.args[0] if isinstance(err, KeyError) and err.args else err

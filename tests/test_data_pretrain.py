@@ -5,12 +5,16 @@ from __future__ import annotations
 import gzip
 import json
 import functools
+import os
+import signal
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pai_patch.cli import CliError, main
+from pai_patch.data import pretrain as pretrain_module, records
 from pai_patch.data.indexed import IndexedReader
 from pai_patch.data.pretrain import preprocess_pretrain
 from pai_patch.data.records import BadRecord
@@ -66,15 +70,30 @@ def test_json_key_names_output_and_no_eod(tmp_path, tok):
 
 
 def test_two_workers_write_identical_files(tmp_path, tok, monkeypatch):
-    from pai_patch.data import pretrain, records
-
     # Small chunks, so the pool really interleaves many of them.
-    monkeypatch.setattr(pretrain, "iter_chunks", functools.partial(records.iter_chunks, chunk_bytes=1 << 16))
+    monkeypatch.setattr(pretrain_module, "iter_chunks", functools.partial(records.iter_chunks, chunk_bytes=1 << 16))
     one = preprocess_pretrain(CORPUS, tok, tmp_path / "w1", workers=1, progress=False)
     two = preprocess_pretrain(CORPUS, tok, tmp_path / "w2", workers=2, progress=False)
     assert (one.documents, one.tokens) == (two.documents, two.tokens)
     for ext in (".bin", ".idx"):
         assert (tmp_path / f"w1_text_document{ext}").read_bytes() == (tmp_path / f"w2_text_document{ext}").read_bytes()
+
+
+class _EncoderKilledOnSecondChunk(pretrain_module._Encoder):
+    """Stands for a worker the kernel kills (OOM) or that crashes in native code."""
+
+    def __call__(self, chunk):
+        if chunk.lines[0] > 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().__call__(chunk)
+
+
+def test_a_worker_that_dies_fails_the_run_instead_of_hanging(tmp_path, tok, monkeypatch):
+    src = _jsonl(tmp_path / "c.jsonl", GOOD * 4)
+    monkeypatch.setattr(pretrain_module, "iter_chunks", functools.partial(records.iter_chunks, chunk_bytes=16))
+    encoder = _EncoderKilledOnSecondChunk(tok, "text", True, False, np.dtype(np.uint16))
+    with pytest.raises(pretrain_module.WorkerDied, match="tokenizer worker process died.*--workers 1"):
+        list(pretrain_module._encoded_chunks([src], encoder, workers=2))
 
 
 BAD_LINES = [

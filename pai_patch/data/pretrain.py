@@ -15,6 +15,8 @@ import itertools
 import multiprocessing
 import os
 import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -117,6 +119,10 @@ class _Encoder:
         return _Encoded(tokens, lengths, skipped, chunk.path, chunk.end_offset)
 
 
+class WorkerDied(ChildProcessError):
+    """A pool worker ended without answering (signal, OOM kill, crash in native code)."""
+
+
 _WORKER: _Encoder | None = None
 
 
@@ -129,25 +135,46 @@ def _encode_in_worker(chunk: Chunk) -> _Encoded:
     return _WORKER(chunk)
 
 
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """Workers start from a fresh interpreter ("forkserver", else "spawn"), never by forking this process.
+
+    By the time the pool starts, this process has loaded torch and used the Rust tokenizer,
+    whose thread pools do not survive ``fork``: a forked worker can segfault or deadlock.
+    The forkserver imports this module once, so each worker after it forks ready to run.
+    """
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    return ctx
+
+
 def _encoded_chunks(files: list[Path], encoder: _Encoder, workers: int) -> Iterator[_Encoded]:
-    """Encoded chunks in input order; with workers > 1 a bounded window of chunks runs in a pool."""
+    """Encoded chunks in input order; with workers > 1 a bounded window of chunks runs in a pool.
+
+    A worker that dies (killed, out of memory, crashed) fails the run with ``WorkerDied``
+    instead of leaving the main process waiting for a result that never comes.
+    """
     chunks = (chunk for path in files for chunk in iter_chunks(path))
     if workers <= 1:
         yield from map(encoder, chunks)
         return
-    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    pool = ctx.Pool(workers, initializer=_init_worker, initargs=(encoder,))
-    try:
-        pending: collections.deque = collections.deque()
-        for chunk in chunks:
-            pending.append(pool.apply_async(_encode_in_worker, (chunk,)))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
-    finally:
-        pool.terminate()
-        pool.join()
+    with ProcessPoolExecutor(workers, mp_context=_worker_context(), initializer=_init_worker,
+                             initargs=(encoder,)) as pool:
+        pending: collections.deque[Future] = collections.deque()
+        try:
+            for chunk in chunks:
+                pending.append(pool.submit(_encode_in_worker, chunk))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        except BrokenProcessPool as err:
+            raise WorkerDied(f"a tokenizer worker process died ({err}); nothing was written. "
+                             "Rerun with --workers 1 to see the failure in this process") from None
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def preprocess_pretrain(inputs, tokenizer, output_prefix: str | os.PathLike, *, json_key: str = "text",
