@@ -15,6 +15,7 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
+from pai_patch.launcher import exit_with_launcher
 from pai_patch.models.base import ModelSize, Runtime
 
 
@@ -100,6 +101,7 @@ def init_process_group() -> None:
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if "RANK" in os.environ and "MASTER_ADDR" in os.environ:
+        exit_with_launcher()
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
     else:
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)

@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from pai_patch.hf_train import data, ds_config
+from pai_patch.launcher import exit_with_launcher
 from pai_patch.utils import atomic_path
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ def init_distributed() -> None:
     """Join the launcher's job, or start a one-process group so DeepSpeed runs without a launcher."""
     import deepspeed
 
+    exit_with_launcher()
     for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
         os.environ.setdefault(key, value)
     if "MASTER_PORT" not in os.environ:

@@ -113,6 +113,27 @@ def children_of(parent: int) -> list[int]:
     return found
 
 
+def processes_mentioning(text: str) -> list[int]:
+    """Live (not zombie) processes whose command line contains ``text``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text.encode() in cmdline.read_bytes() and \
+                    cmdline.with_name("stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                found.append(int(cmdline.parent.name))
+        except (OSError, IndexError):
+            continue
+    return found
+
+
+def wait_until_gone(text: str, seconds: float = 20.0) -> list[int]:
+    """Wait for every process mentioning ``text`` to end; the pids still alive at the deadline."""
+    deadline = time.monotonic() + seconds
+    while (alive := processes_mentioning(text)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return alive
+
+
 class Zygote:
     def __init__(self) -> None:
         self.proc = subprocess.Popen([PY, str(Path(__file__).with_name("zygote.py"))], cwd=REPO, env=env_one_thread(),

@@ -3,14 +3,17 @@ checkpoint save, and one worker between steps; resume each time under torchrun."
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import signal
 import time
 from pathlib import Path
 
 import pytest
 
 from harness import (COUNTS, audit, children_of, first_losses, fresh_dir, last_losses, launch_process, metric_lines,
-                     tracker, train_args)
+                     tracker, train_args, wait_until_gone)
 
 pytestmark = [pytest.mark.slow, pytest.mark.dist]
 ITERS = 8
@@ -23,8 +26,6 @@ def _workers(agent: int) -> list[int]:
 
 
 def _records(out: Path) -> list[dict]:
-    import json
-
     path, records = out / "metrics.jsonl", []
     for line in (path.read_text().splitlines() if path.exists() else []):
         try:
@@ -64,9 +65,6 @@ def test_kill9_torchrun(references, work, data_prefix):
             assert run.poll() is None, f"torchrun ended before the kill:\n{run.text()[-3000:]}"
             tmp = set(root.glob(".tmp-iter_*"))
             if what == "group-in-save":
-                import os
-                import signal
-
                 workers = _workers(run.pid)
                 assert workers, "no torchrun workers found"
                 for pid in [run.pid, *workers]:  # the node is gone: agent and both workers at once
@@ -74,13 +72,15 @@ def test_kill9_torchrun(references, work, data_prefix):
             else:
                 workers = _workers(run.pid)
                 assert workers, "no torchrun workers found"
-                import os
-                import signal
-
                 os.kill(rng.choice(workers), signal.SIGKILL)
             rc = run.wait(180)
-            run.kill_group()
             assert rc != 0
+            # with the agent gone no one signals a worker blocked in a collective: it must end itself
+            orphans = wait_until_gone(str(out))
+            run.kill_group()
+            for pid in orphans:
+                os.kill(pid, signal.SIGKILL)
+            assert not orphans, f"workers outlived their torchrun agent: {orphans}"
             COUNTS.kills += 1
             COUNTS.torchrun_kills += 1
             COUNTS.kills_in_save += bool(tmp & set(root.glob(".tmp-iter_*")))

@@ -1,0 +1,66 @@
+"""A torchrun worker ends itself when its agent dies (it would otherwise hang in a collective forever)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pai_patch.launcher import exit_with_launcher
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The "worker": watches its parent, then blocks the main thread in C like a rank stuck in gloo.
+WORKER = """
+import sys, threading
+from pai_patch.launcher import exit_with_launcher
+assert exit_with_launcher(poll_seconds=0.05)
+open(sys.argv[1], "w").close()
+threading.Event().wait()
+"""
+# The "agent": starts the worker in its own session, as torchrun does, and waits.
+AGENT = """
+import subprocess, sys, time
+worker = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]], start_new_session=True,
+                          stderr=open(sys.argv[3], "w"))
+print(worker.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_worker_exits_when_its_torchrun_agent_is_killed(tmp_path):
+    ready, stderr = tmp_path / "ready", tmp_path / "worker.err"
+    env = {**os.environ, "TORCHELASTIC_RUN_ID": "test", "RANK": "1", "PYTHONPATH": str(ROOT)}
+    agent = subprocess.Popen([sys.executable, "-c", AGENT, WORKER, str(ready), str(stderr)], env=env,
+                             stdout=subprocess.PIPE, text=True)
+    worker = int(agent.stdout.readline())
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.exists() and _alive(worker)
+        agent.kill()
+        agent.wait()
+        deadline = time.monotonic() + 10
+        while _alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(worker), "the worker outlived its agent"
+        assert f"torchrun agent (pid {agent.pid}) is gone; rank 1 exits" in stderr.read_text()
+    finally:
+        if _alive(worker):
+            os.kill(worker, signal.SIGKILL)
+
+
+def test_outside_torchrun_a_detached_run_is_left_alone(monkeypatch):
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    assert exit_with_launcher() is False
