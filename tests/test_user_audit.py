@@ -88,6 +88,10 @@ def test_dry_run_pipeline_prints_every_stage(tmp_path: Path, monkeypatch, capsys
     run_stage("pipeline", ["recipe=qwen2_5", f"output={tmp_path / 'run'}"])
     out = capsys.readouterr().out
     assert f"--mcore {tmp_path / 'run' / 'sft' / 'checkpoint'}" in out.split(": generate (")[1]
+    # each training job loads what the stage before it would write (it showed "load": null)
+    pretrain, sft = out.split(": pretrain (")[1].split(": sft (")
+    assert f'"load": "{tmp_path / "run" / "mcore_base"}"' in pretrain
+    assert f'"load": "{tmp_path / "run" / "pretrain" / "checkpoint"}"' in sft
     assert "convert mcore2hf" in out and not (tmp_path / "run").exists()  # printed, nothing written
 
 

@@ -95,9 +95,17 @@ def resolve_path(text: str | None) -> str | None:
 
 @dataclass(frozen=True)
 class Paths:
-    """Where each stage reads and writes, under the run's output directory."""
+    """Where each stage reads and writes, under the run's output directory.
+
+    ``planned``: a dry-run pipeline, which writes nothing; each stage is shown with the
+    checkpoint the earlier stages would have written, not with what happens to exist now.
+    """
 
     root: Path
+    planned: bool = False
+
+    def has_checkpoint(self, directory: Path) -> bool:
+        return self.planned or (directory / "latest_checkpointed_iteration.txt").exists()
 
     @property
     def data(self) -> Path:
@@ -148,14 +156,14 @@ class Paths:
         return self.root / "generate"
 
 
-def paths(recipe: Recipe) -> Paths:
+def paths(recipe: Recipe, *, planned: bool = False) -> Paths:
     out = recipe.output_dir or f"output/{recipe.recipe}-{recipe.model.size}"
-    return Paths(Path(resolve_path(out) or out))
+    return Paths(Path(resolve_path(out) or out), planned)
 
 
-def train_config(recipe: Recipe, stage: str) -> TrainConfig:
+def train_config(recipe: Recipe, stage: str, p: Paths | None = None) -> TrainConfig:
     """The training job of the pretrain or sft stage, with this run's data and checkpoints."""
-    p = paths(recipe)
+    p = p or paths(recipe)
     section = getattr(recipe, stage)
     job: dict[str, Any] = {
         "model": {"family": recipe.model.family, "size": recipe.model.size},
@@ -169,7 +177,7 @@ def train_config(recipe: Recipe, stage: str) -> TrainConfig:
     data, ck = job["data"], job["checkpoint"]
     if stage == "pretrain":
         data.setdefault("train_path", str(p.pretrain_dataset))
-        if "load" not in ck and (p.mcore_base / "latest_checkpointed_iteration.txt").exists():
+        if "load" not in ck and p.has_checkpoint(p.mcore_base):
             ck["load"] = str(p.mcore_base)
     else:
         data["sft"] = True
@@ -178,7 +186,7 @@ def train_config(recipe: Recipe, stage: str) -> TrainConfig:
         data.setdefault("valid_path", resolve_path(recipe.data.sft_valid) if raw else str(p.sft_valid))
         if "load" not in ck:
             for source in (p.pretrain / "checkpoint", p.mcore_base):
-                if (source / "latest_checkpointed_iteration.txt").exists():
+                if p.has_checkpoint(source):
                     ck["load"] = str(source)
                     break
     for key in ("train_path", "valid_path"):

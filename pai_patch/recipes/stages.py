@@ -143,7 +143,7 @@ def _training_stage(stage: str) -> Callable[[Recipe, Paths], None]:
     def run(recipe: Recipe, p: Paths) -> None:
         import yaml
 
-        cfg = train_config(recipe, stage)
+        cfg = train_config(recipe, stage, p)
         if cfg.data.train_path.startswith(str(p.data)):
             stage_data(recipe, p)  # this run's own data: (re)made when missing or stale
         out = Path(cfg.output_dir)
@@ -211,10 +211,8 @@ def _validate(recipe: Recipe, cfg) -> None:  # noqa: ANN001
 
 def _latest_training_checkpoint(p: Paths) -> Path:
     for candidate in (p.sft / "checkpoint", p.pretrain / "checkpoint"):
-        if (candidate / "latest_checkpointed_iteration.txt").exists():
+        if p.has_checkpoint(candidate):
             return candidate
-    if dry_run():  # a dry-run pipeline trained nothing: show the command on the checkpoint sft would write
-        return p.sft / "checkpoint"
     raise FileNotFoundError(f"no training checkpoint under {p.sft} or {p.pretrain}; run the pretrain or sft stage")
 
 
@@ -307,7 +305,7 @@ RUNNERS: dict[str, Callable[[Recipe, Paths], None]] = {
 
 def run_stage(stage: str, overrides: list[str]) -> None:
     recipe = load_recipe(_recipe_name(overrides), overrides)
-    p = paths(recipe)
+    p = paths(recipe, planned=stage == "pipeline" and dry_run())
     for name in STAGES if stage == "pipeline" else (stage,):
         print(f"== {recipe.recipe} {recipe.model.size}: {name} ({p.root})", flush=True)
         RUNNERS[name](recipe, p)
