@@ -93,7 +93,9 @@ def run_baseline(corpus: Path, prefix: Path, workers: int) -> tuple[int, int]:
     encoder.initializer()
     builder = IndexedDatasetBuilder(f"{prefix}.bin", dtype=DType.optimal_dtype(len(encoder.tokenizer)))
     docs = tokens = 0
-    with open(corpus, encoding="utf-8") as fin, multiprocessing.Pool(workers, initializer=encoder.initializer) as pool:
+    # forkserver, not Megatron's fork: this process has used the Rust tokenizer, whose threads do not survive fork
+    pool = multiprocessing.get_context("forkserver").Pool(workers, initializer=encoder.initializer)
+    with open(corpus, encoding="utf-8") as fin, pool:
         for doc, lens, _ in pool.imap(encoder.encode, fin, 32):
             builder.add_document(doc, lens)
             docs += 1
