@@ -1,4 +1,4 @@
-"""A torchrun worker ends itself when its agent dies (it would otherwise hang in a collective forever)."""
+"""Processes of a training job end with their parent: a torchrun worker with its agent, a forked writer with its worker."""
 
 from __future__ import annotations
 
@@ -64,3 +64,39 @@ def test_worker_exits_when_its_torchrun_agent_is_killed(tmp_path):
 def test_outside_torchrun_a_detached_run_is_left_alone(monkeypatch):
     monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
     assert exit_with_launcher() is False
+
+
+# A process that forks a helper (as megatron's checkpoint save forks its writers), then waits.
+FORKING_PARENT = """
+import os, sys, time
+from pai_patch.launcher import forked_children_die_with_this_process
+assert forked_children_die_with_this_process()
+child = os.fork()
+if child == 0:
+    open(sys.argv[1], "w").close()
+    time.sleep(600)
+    os._exit(0)
+print(child, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_forked_helper_dies_with_the_process_that_forked_it(tmp_path):
+    ready = tmp_path / "ready"
+    parent = subprocess.Popen([sys.executable, "-c", FORKING_PARENT, str(ready)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
+    child = int(parent.stdout.readline())
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.exists() and _alive(child)
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child), "the forked helper outlived its parent"
+    finally:
+        if _alive(child):
+            os.kill(child, signal.SIGKILL)

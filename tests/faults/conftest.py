@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
-from harness import COUNTS, REPO, Zygote, fresh_dir, train_args
+from harness import COUNTS, REPO, Zygote, fresh_dir, train_args, wait_until_gone
 
 
 @pytest.fixture(scope="session")
-def work(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("faults")
+def work(tmp_path_factory) -> Iterator[Path]:
+    work = tmp_path_factory.mktemp("faults")
+    yield work
+    # every kill above left no process behind (orphaned ranks or checkpoint writers held memory for hours)
+    left = wait_until_gone(str(work), seconds=30)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes of the fault suite outlived it: {left}"
 
 
 @pytest.fixture(scope="session")

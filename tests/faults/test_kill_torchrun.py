@@ -25,6 +25,15 @@ def _workers(agent: int) -> list[int]:
     return [pid for pid in children_of(agent) if b"pai_patch" in Path(f"/proc/{pid}/cmdline").read_bytes()]
 
 
+def _describe(pid: int) -> str:
+    """Parent and command line of a process, for a failure message."""
+    try:
+        parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+        return f"parent {parent}: " + Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+    except OSError:
+        return "gone"
+
+
 def _records(out: Path) -> list[dict]:
     path, records = out / "metrics.jsonl", []
     for line in (path.read_text().splitlines() if path.exists() else []):
@@ -76,11 +85,11 @@ def test_kill9_torchrun(references, work, data_prefix):
             rc = run.wait(180)
             assert rc != 0
             # with the agent gone no one signals a worker blocked in a collective: it must end itself
-            orphans = wait_until_gone(str(out))
+            orphans = {pid: _describe(pid) for pid in wait_until_gone(str(out))}
             run.kill_group()
             for pid in orphans:
                 os.kill(pid, signal.SIGKILL)
-            assert not orphans, f"workers outlived their torchrun agent: {orphans}"
+            assert not orphans, f"{what}: workers outlived their torchrun agent: {orphans}\n{run.text()[-3000:]}"
             COUNTS.kills += 1
             COUNTS.torchrun_kills += 1
             COUNTS.kills_in_save += bool(tmp & set(root.glob(".tmp-iter_*")))
