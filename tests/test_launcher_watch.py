@@ -38,27 +38,34 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_worker_exits_when_its_torchrun_agent_is_killed(tmp_path):
-    ready, stderr = tmp_path / "ready", tmp_path / "worker.err"
-    env = {**os.environ, "TORCHELASTIC_RUN_ID": "test", "RANK": "1", "PYTHONPATH": str(ROOT)}
-    agent = subprocess.Popen([sys.executable, "-c", AGENT, WORKER, str(ready), str(stderr)], env=env,
-                             stdout=subprocess.PIPE, text=True)
-    worker = int(agent.stdout.readline())
+def _kill_parent_and_wait(argv: list[str], ready: Path, env: dict[str, str]) -> tuple[int, bool]:
+    """Start ``argv`` (it prints its child's pid), wait until the child is ready, SIGKILL the parent;
+    the parent's pid and whether the child was still alive 10 s later."""
+    parent = subprocess.Popen([sys.executable, "-c", *argv], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT), **env}, start_new_session=True)
+    child = int(parent.stdout.readline())
     try:
         deadline = time.monotonic() + 60
         while not ready.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert ready.exists() and _alive(worker)
-        agent.kill()
-        agent.wait()
+        assert ready.exists() and _alive(child)
+        parent.kill()
+        parent.wait()
         deadline = time.monotonic() + 10
-        while _alive(worker) and time.monotonic() < deadline:
+        while _alive(child) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _alive(worker), "the worker outlived its agent"
-        assert f"torchrun agent (pid {agent.pid}) is gone; rank 1 exits" in stderr.read_text()
+        return parent.pid, _alive(child)
     finally:
-        if _alive(worker):
-            os.kill(worker, signal.SIGKILL)
+        if _alive(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_worker_exits_when_its_torchrun_agent_is_killed(tmp_path):
+    ready, stderr = tmp_path / "ready", tmp_path / "worker.err"
+    agent, outlived = _kill_parent_and_wait([AGENT, WORKER, str(ready), str(stderr)], ready,
+                                            {"TORCHELASTIC_RUN_ID": "test", "RANK": "1"})
+    assert not outlived, "the worker outlived its agent"
+    assert f"torchrun agent (pid {agent}) is gone; rank 1 exits" in stderr.read_text()
 
 
 def test_outside_torchrun_a_detached_run_is_left_alone(monkeypatch):
@@ -83,20 +90,5 @@ time.sleep(600)
 
 def test_a_forked_helper_dies_with_the_process_that_forked_it(tmp_path):
     ready = tmp_path / "ready"
-    parent = subprocess.Popen([sys.executable, "-c", FORKING_PARENT, str(ready)], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
-    child = int(parent.stdout.readline())
-    try:
-        deadline = time.monotonic() + 60
-        while not ready.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert ready.exists() and _alive(child)
-        parent.kill()
-        parent.wait()
-        deadline = time.monotonic() + 10
-        while _alive(child) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not _alive(child), "the forked helper outlived its parent"
-    finally:
-        if _alive(child):
-            os.kill(child, signal.SIGKILL)
+    _, outlived = _kill_parent_and_wait([FORKING_PARENT, str(ready)], ready, {})
+    assert not outlived, "the forked helper outlived its parent"
