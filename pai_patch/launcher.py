@@ -63,7 +63,8 @@ def _die_with_parent() -> None:
 def forked_children_die_with_this_process() -> bool:
     """From now on every process this one forks is SIGKILLed by the kernel when this one dies (Linux).
 
-    Only forks: ``subprocess`` children (which exec another program) are not touched.
+    Only forks (``os.fork``, multiprocessing's "fork"): ``subprocess`` children are not touched,
+    unless started with ``preexec_fn``, which runs Python's at-fork hooks.
     """
     global _prctl
     if sys.platform != "linux":
