@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from harness import COUNTS, REPO, Zygote, fresh_dir, train_args, wait_until_gone
+from harness import COUNTS, REPO, Zygote, fresh_dir, outlived, train_args
 
 
 @pytest.fixture(scope="session")
@@ -17,9 +15,7 @@ def work(tmp_path_factory) -> Iterator[Path]:
     work = tmp_path_factory.mktemp("faults")
     yield work
     # every kill above left no process behind (orphaned ranks or checkpoint writers held memory for hours)
-    left = wait_until_gone(str(work), seconds=30)
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
+    left = outlived(str(work), seconds=30)
     assert not left, f"processes of the fault suite outlived it: {left}"
 
 

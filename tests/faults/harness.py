@@ -100,16 +100,23 @@ class Run:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
+def _stat(pid: int | str) -> list[str]:
+    """``/proc/<pid>/stat`` after the command name: [state, parent pid, ...]; raises OSError when gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except IndexError:
+        raise ProcessLookupError(pid) from None
+
+
 def children_of(parent: int) -> list[int]:
     """Processes whose parent is ``parent`` (from /proc)."""
     found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for proc in Path("/proc").glob("[0-9]*"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            if int(_stat(proc.name)[1]) == parent:
+                found.append(int(proc.name))
+        except OSError:
             continue
-        if int(fields[1]) == parent:
-            found.append(int(stat.parent.name))
     return found
 
 
@@ -118,20 +125,28 @@ def processes_mentioning(text: str) -> list[int]:
     found = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
-            if text.encode() in cmdline.read_bytes() and \
-                    cmdline.with_name("stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            if text.encode() in cmdline.read_bytes() and _stat(cmdline.parent.name)[0] != "Z":
                 found.append(int(cmdline.parent.name))
-        except (OSError, IndexError):
+        except OSError:
             continue
     return found
 
 
-def wait_until_gone(text: str, seconds: float = 20.0) -> list[int]:
-    """Wait for every process mentioning ``text`` to end; the pids still alive at the deadline."""
+def outlived(text: str, seconds: float = 20.0) -> dict[int, str]:
+    """Wait up to ``seconds`` for every process mentioning ``text`` to end; SIGKILL those still
+    alive then and return each one's parent and command line, for the failure message."""
     deadline = time.monotonic() + seconds
     while (alive := processes_mentioning(text)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    return alive
+    left = {}
+    for pid in alive:
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+            left[pid] = f"parent {_stat(pid)[1]}: {command}"
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            continue
+    return left
 
 
 class Zygote:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from harness import (COUNTS, audit, children_of, first_losses, fresh_dir, last_losses, launch_process, metric_lines,
-                     tracker, train_args, wait_until_gone)
+                     outlived, tracker, train_args)
 
 pytestmark = [pytest.mark.slow, pytest.mark.dist]
 ITERS = 8
@@ -23,15 +23,6 @@ EXTRA = ("checkpoint.save_interval=2",)
 def _workers(agent: int) -> list[int]:
     """The worker processes torchrun started (each in its own session)."""
     return [pid for pid in children_of(agent) if b"pai_patch" in Path(f"/proc/{pid}/cmdline").read_bytes()]
-
-
-def _describe(pid: int) -> str:
-    """Parent and command line of a process, for a failure message."""
-    try:
-        parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
-        return f"parent {parent}: " + Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
-    except OSError:
-        return "gone"
 
 
 def _records(out: Path) -> list[dict]:
@@ -85,10 +76,8 @@ def test_kill9_torchrun(references, work, data_prefix):
             rc = run.wait(180)
             assert rc != 0
             # with the agent gone no one signals a worker blocked in a collective: it must end itself
-            orphans = {pid: _describe(pid) for pid in wait_until_gone(str(out))}
+            orphans = outlived(str(out))
             run.kill_group()
-            for pid in orphans:
-                os.kill(pid, signal.SIGKILL)
             assert not orphans, f"{what}: workers outlived their torchrun agent: {orphans}\n{run.text()[-3000:]}"
             COUNTS.kills += 1
             COUNTS.torchrun_kills += 1
