@@ -6,9 +6,10 @@ collective then waits on peers that are gone, and its SIGTERM handler never runs
 the main thread is inside gloo/NCCL; it lingers as an orphan (parent pid 1) holding memory
 and GPUs.  A daemon thread notices the re-parenting and ends the process.
 
-One level down, megatron-core's ``torch_dist`` save forks writer processes; a worker killed
-mid-save left them behind, blocked for good on a result queue nobody reads.  Every process
-a worker forks gets ``PR_SET_PDEATHSIG`` so the kernel ends it with its parent.
+One level down, megatron-core's ``torch_dist`` save forks writer processes and spawns a
+queue server; a worker killed mid-save left the writers blocked for good on a result queue
+nobody reads, and any kill after a save left the server.  Every process a worker starts for
+itself gets ``PR_SET_PDEATHSIG`` so the kernel ends it with its parent.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ POLL_SECONDS = 1.0
 PR_SET_PDEATHSIG = 1
 _forking_parent = 0
 _prctl = None  # resolved before any fork: a forked child of a threaded process must not dlopen
+_results_queue = None
 
 
 def _exit_when_reparented(launcher_pid: int, poll_seconds: float) -> None:
@@ -54,22 +56,51 @@ def _remember_forking_parent() -> None:
     _forking_parent = os.getpid()
 
 
-def _die_with_parent() -> None:
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != _forking_parent:  # the parent died before the request was in place
+def _die_with(parent: int) -> None:
+    """In a new child: have the kernel SIGKILL it when ``parent`` dies."""
+    prctl = _prctl or ctypes.CDLL(None, use_errno=True).prctl  # a spawned child starts without it
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request was in place
         os._exit(1)
 
 
-def forked_children_die_with_this_process() -> bool:
-    """From now on every process this one forks is SIGKILLed by the kernel when this one dies (Linux).
+def _die_with_forking_parent() -> None:
+    _die_with(_forking_parent)
 
-    Only forks (``os.fork``, multiprocessing's "fork"): ``subprocess`` children are not touched,
-    unless started with ``preexec_fn``, which runs Python's at-fork hooks.
+
+def _checkpoint_results_queue():
+    """megatron's ``filesystem_async._get_write_results_queue``, served by a manager that dies with us.
+
+    megatron starts a "spawn" ``multiprocessing.Manager`` for the queue at the first
+    ``torch_dist`` save; a run killed after it (or ending in ``os._exit``) left that 200 MB
+    server process behind for good.  Spawned processes run no at-fork hooks, so the manager's
+    initializer makes the same kernel request.
+    """
+    import multiprocessing
+    from multiprocessing.managers import SyncManager
+
+    global _results_queue
+    if _results_queue is None:
+        manager = SyncManager(ctx=multiprocessing.get_context("spawn"))
+        manager.start(_die_with, (os.getpid(),))
+        _results_queue = manager.Queue()
+    return _results_queue
+
+
+def children_die_with_this_process() -> bool:
+    """From now on the processes this one starts for itself die with it (Linux): every fork (``os.fork``,
+    multiprocessing's "fork", megatron's checkpoint writers) and megatron's checkpoint queue server.
+
+    ``subprocess`` children (other programs) are not touched, unless started with ``preexec_fn``,
+    which runs Python's at-fork hooks.
     """
     global _prctl
     if sys.platform != "linux":
         return False
     if _prctl is None:
+        from megatron.core.dist_checkpointing.strategies import filesystem_async
+
         _prctl = ctypes.CDLL(None, use_errno=True).prctl
-        os.register_at_fork(before=_remember_forking_parent, after_in_child=_die_with_parent)
+        os.register_at_fork(before=_remember_forking_parent, after_in_child=_die_with_forking_parent)
+        filesystem_async._get_write_results_queue = _checkpoint_results_queue
     return True

@@ -15,7 +15,7 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
-from pai_patch.launcher import exit_with_launcher, forked_children_die_with_this_process
+from pai_patch.launcher import exit_with_launcher, children_die_with_this_process
 from pai_patch.models.base import ModelSize, Runtime
 
 
@@ -97,7 +97,7 @@ def init_process_group() -> None:
     """
     if dist.is_initialized():
         return
-    forked_children_die_with_this_process()
+    children_die_with_this_process()
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))

@@ -76,8 +76,8 @@ def test_outside_torchrun_a_detached_run_is_left_alone(monkeypatch):
 # A process that forks a helper (as megatron's checkpoint save forks its writers), then waits.
 FORKING_PARENT = """
 import os, sys, time
-from pai_patch.launcher import forked_children_die_with_this_process
-assert forked_children_die_with_this_process()
+from pai_patch.launcher import children_die_with_this_process
+assert children_die_with_this_process()
 child = os.fork()
 if child == 0:
     open(sys.argv[1], "w").close()
@@ -92,3 +92,25 @@ def test_a_forked_helper_dies_with_the_process_that_forked_it(tmp_path):
     ready = tmp_path / "ready"
     _, outlived = _kill_parent_and_wait([FORKING_PARENT, str(ready)], ready, {})
     assert not outlived, "the forked helper outlived its parent"
+
+
+# A process that makes megatron's checkpoint results queue (its first torch_dist save does), then waits.
+QUEUE_OWNER = """
+import multiprocessing, sys, time
+from pai_patch.launcher import children_die_with_this_process
+assert children_die_with_this_process()
+from megatron.core.dist_checkpointing.strategies import filesystem_async
+queue = filesystem_async._get_write_results_queue()
+queue.put("result")
+assert queue.get() == "result" and filesystem_async._get_write_results_queue() is queue
+[server] = multiprocessing.active_children()
+print(server.pid, flush=True)
+open(sys.argv[1], "w").close()
+time.sleep(600)
+"""
+
+
+def test_megatrons_checkpoint_queue_server_dies_with_the_run(tmp_path):
+    ready = tmp_path / "ready"
+    _, outlived = _kill_parent_and_wait([QUEUE_OWNER, str(ready)], ready, {})
+    assert not outlived, "megatron's queue server outlived the run"
