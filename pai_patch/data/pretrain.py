@@ -81,7 +81,7 @@ class _Encoder:
         return self.tokenizer(texts, add_special_tokens=True)["input_ids"]
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """Same ids as ``tokenizer.encode(text)`` for each text: the ASCII shortcut where it applies, one batch call for the rest."""
+        """Same ids as ``tokenizer.encode(text)`` for each text: the byte-level shortcut where it applies, one batch call for the rest."""
         if self.fast is None:
             return self._encode_all(texts)
         ids = [self.fast.encode(text) for text in texts]
