@@ -24,6 +24,9 @@ def zygote():
     server = Zygote()
     yield server
     server.close()
+    # the runs it forked, and what they forked, keep its command line: found by their sessions
+    left = outlived(seconds=30, sessions=server.runs)
+    assert not left, f"runs forked by the fault suite's zygote outlived it: {left}"
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Collection
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -132,11 +133,33 @@ def processes_mentioning(text: str) -> list[int]:
     return found
 
 
-def outlived(text: str, seconds: float = 20.0) -> dict[int, str]:
-    """Wait up to ``seconds`` for every process mentioning ``text`` to end; SIGKILL those still
-    alive then and return each one's parent and command line, for the failure message."""
+def processes_in_sessions(sessions: Collection[int]) -> list[int]:
+    """Live (not zombie) processes whose session id is one of ``sessions``, this process excepted.
+
+    A zygote run leads its own session, and whatever it forks or spawns stays in it; those keep the
+    zygote's command line (or a multiprocessing one), so no path on a command line names them."""
+    if not sessions:
+        return []
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            state, _, _, session = _stat(proc.name)[:4]
+        except OSError:
+            continue
+        if int(session) in sessions and state != "Z" and int(proc.name) != os.getpid():
+            found.append(int(proc.name))
+    return found
+
+
+def outlived(text: str | None = None, seconds: float = 20.0, sessions: Collection[int] = ()) -> dict[int, str]:
+    """Wait up to ``seconds`` for every process mentioning ``text``, or in one of ``sessions``, to end;
+    SIGKILL those still alive then and return each one's parent and command line, for the failure message."""
     deadline = time.monotonic() + seconds
-    while (alive := processes_mentioning(text)) and time.monotonic() < deadline:
+
+    def live() -> list[int]:
+        return sorted({*(processes_mentioning(text) if text else ()), *processes_in_sessions(sessions)})
+
+    while (alive := live()) and time.monotonic() < deadline:
         time.sleep(0.2)
     left = {}
     for pid in alive:
@@ -150,7 +173,10 @@ def outlived(text: str, seconds: float = 20.0) -> dict[int, str]:
 
 
 class Zygote:
+    """The fork server (``zygote.py``); ``runs`` holds each launched run's pid, which is also its session id."""
+
     def __init__(self) -> None:
+        self.runs: set[int] = set()
         self.proc = subprocess.Popen([PY, str(Path(__file__).with_name("zygote.py"))], cwd=REPO, env=env_one_thread(),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
@@ -161,7 +187,9 @@ class Zygote:
         Path(str(log) + ".rc").unlink(missing_ok=True)
         self.proc.stdin.write(json.dumps({"argv": argv, "log": str(log), "env": env or {}, "fsize": fsize}) + "\n")
         self.proc.stdin.flush()
-        return Run(json.loads(self.proc.stdout.readline())["pid"], log)
+        run = Run(json.loads(self.proc.stdout.readline())["pid"], log)
+        self.runs.add(run.pid)
+        return run
 
     def close(self) -> None:
         self.proc.stdin.close()
