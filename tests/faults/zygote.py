@@ -57,6 +57,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
+    import pai_patch  # noqa: F401  (first: its filters quiet megatron-core's missing-TE/Apex import warnings)
+
     # the training stack, the tokenizer (transformers) and the checkpoint/dataset code
     import megatron.core.datasets.blended_megatron_dataset_builder  # noqa: F401
     import megatron.core.datasets.gpt_dataset  # noqa: F401
