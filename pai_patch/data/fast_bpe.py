@@ -79,7 +79,7 @@ class FastByteLevelBPE:
         self.prefix, self.suffix = prefix, suffix
         self.added = re.compile("|".join(map(re.escape, sorted(added, key=len, reverse=True)))) if added else None
         self.cache: dict[str, list[int]] = {}
-        self.admitted = set("\t\n\r" + "".join(map(chr, range(0x20, 0x7F))))
+        self.admitted = set(filter(PLAIN_ASCII.fullmatch, map(chr, range(128))))  # encode's fast check, as a set
         self.refused: set[str] = set()
 
     @classmethod
