@@ -14,7 +14,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Collection
+from typing import Collection, Iterator
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -109,25 +109,27 @@ def _stat(pid: int | str) -> list[str]:
         raise ProcessLookupError(pid) from None
 
 
-def children_of(parent: int) -> list[int]:
-    """Processes whose parent is ``parent`` (from /proc)."""
-    found = []
+def _processes() -> Iterator[tuple[int, list[str]]]:
+    """Every process in /proc with its ``_stat`` fields; those that end while being read are passed over."""
     for proc in Path("/proc").glob("[0-9]*"):
         try:
-            if int(_stat(proc.name)[1]) == parent:
-                found.append(int(proc.name))
+            yield int(proc.name), _stat(proc.name)
         except OSError:
             continue
-    return found
+
+
+def children_of(parent: int) -> list[int]:
+    """Processes whose parent is ``parent`` (from /proc)."""
+    return [pid for pid, stat in _processes() if int(stat[1]) == parent]
 
 
 def processes_mentioning(text: str) -> list[int]:
     """Live (not zombie) processes whose command line contains ``text``."""
     found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+    for pid, stat in _processes():
         try:
-            if text.encode() in cmdline.read_bytes() and _stat(cmdline.parent.name)[0] != "Z":
-                found.append(int(cmdline.parent.name))
+            if stat[0] != "Z" and text.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
         except OSError:
             continue
     return found
@@ -138,17 +140,7 @@ def processes_in_sessions(sessions: Collection[int]) -> list[int]:
 
     A zygote run leads its own session, and whatever it forks or spawns stays in it; those keep the
     zygote's command line (or a multiprocessing one), so no path on a command line names them."""
-    if not sessions:
-        return []
-    found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            state, _, _, session = _stat(proc.name)[:4]
-        except OSError:
-            continue
-        if int(session) in sessions and state != "Z" and int(proc.name) != os.getpid():
-            found.append(int(proc.name))
-    return found
+    return [pid for pid, stat in _processes() if int(stat[3]) in sessions and stat[0] != "Z" and pid != os.getpid()]
 
 
 def outlived(text: str | None = None, seconds: float = 20.0, sessions: Collection[int] = ()) -> dict[int, str]:
