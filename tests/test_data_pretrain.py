@@ -163,7 +163,7 @@ def test_malformed_json_array_names_line(tmp_path, tok):
 def test_tokenizer_loading(tmp_path):
     assert load_tokenizer("PaiTinyTokenizer").eos_token_id == load_tokenizer("shipped").eos_token_id
     assert len(load_tokenizer("Qwen2Tokenizer", str(ROOT / "pai_patch" / "assets" / "tokenizer"))) > 0
-    with pytest.raises(CliError, match="needs its directory"):
+    with pytest.raises(CliError, match=r"DeepSeekV2Tokenizer.*TOKENIZER_DIR\): not given.*hf=\): not given.*loaded: not"):
         load_tokenizer("DeepSeekV2Tokenizer")
     with pytest.raises(CliError, match="does not exist"):
         load_tokenizer(str(tmp_path / "nope"))
@@ -202,3 +202,18 @@ def test_seed_wrapper_script(tmp_path):
     assert _tokens(prefix) == [load_tokenizer("shipped").encode(r["text"]) + [0] for r in GOOD]
     bad = subprocess.run(["bash", str(script), str(src)], capture_output=True, text=True)
     assert bad.returncode != 0 and "usage" in bad.stderr.lower()
+
+
+def test_find_tokenizer_looks_in_explicit_then_hf_then_checkpoint(tmp_path):
+    from pai_patch.data.tokenizer import SHIPPED, copy_tokenizer_files, find_tokenizer
+
+    hf, ckpt, empty = tmp_path / "hf", tmp_path / "ckpt", tmp_path / "empty"
+    for d in (hf, ckpt, empty):
+        d.mkdir()
+    assert "tokenizer.json" in copy_tokenizer_files(SHIPPED, hf)
+    copy_tokenizer_files(SHIPPED, ckpt)
+    assert find_tokenizer("Qwen2Tokenizer", explicit=empty, hf=hf, checkpoint=ckpt) == hf
+    assert find_tokenizer("Qwen2Tokenizer", checkpoint=ckpt) == ckpt
+    assert find_tokenizer("Qwen2Tokenizer", explicit=ckpt, hf=hf) == ckpt
+    with pytest.raises(CliError, match=f"the checkpoint being loaded: {empty}"):
+        find_tokenizer("LLamaTokenizer", hf=empty, checkpoint=empty)

@@ -14,18 +14,57 @@ SEED_NAMES = {"DeepSeekV2Tokenizer", "Qwen2Tokenizer", "LLamaTokenizer", "LlamaT
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 
-def resolve_tokenizer_dir(name_or_dir: str, tokenizer_dir: str | os.PathLike | None = None) -> Path:
-    """Map ``name_or_dir`` (+ ``tokenizer_dir`` for seed names) to a local directory."""
+#: What an HF checkpoint directory holds besides weights that a tokenizer load (or a later export) needs.
+#: The converter copies these next to a Megatron checkpoint, as the original toolkit does.
+HF_SIDE_FILES = TOKENIZER_FILES + ("tokenizer_config.json", "special_tokens_map.json", "merges.txt",
+                                   "added_tokens.json", "config.json", "generation_config.json")
+
+
+def has_tokenizer(directory: str | os.PathLike | None) -> bool:
+    """True when ``directory`` holds the files an HF tokenizer loads from."""
+    return bool(directory) and any((Path(directory) / f).is_file() for f in TOKENIZER_FILES)
+
+
+def find_tokenizer(name_or_dir: str, *, explicit: str | os.PathLike | None = None,
+                   hf: str | os.PathLike | None = None, checkpoint: str | os.PathLike | None = None) -> Path:
+    """The directory to load ``name_or_dir`` from.
+
+    A seed class name (``Qwen2Tokenizer``...) says which tokenizer, not where: the files are looked for in an
+    explicit directory (``data.tokenizer=DIR``, the seeds' TOKENIZER_DIR), then the HF checkpoint (``hf=``), then
+    the checkpoint being loaded, where ``convert hf2mcore`` copies them. Users of the original toolkit never pass a
+    tokenizer directory to its launchers, so the last place is the common one.
+    """
     if name_or_dir in SHIPPED_NAMES:
         return SHIPPED
-    if name_or_dir in SEED_NAMES:
-        if not tokenizer_dir:
-            raise CliError(f"tokenizer {name_or_dir!r} needs its directory (the TOKENIZER_DIR argument / --tokenizer-dir)")
-        return Path(tokenizer_dir)
-    return Path(name_or_dir)
+    if name_or_dir not in SEED_NAMES:
+        return Path(name_or_dir)
+    places = (("the tokenizer directory (data.tokenizer=DIR / TOKENIZER_DIR)", explicit),
+              ("the HF checkpoint (hf=)", hf), ("the checkpoint being loaded", checkpoint))
+    for _, place in places:
+        if has_tokenizer(place):
+            return Path(place)
+    looked = "; ".join(f"{what}: {place if place else 'not given'}" for what, place in places)
+    raise CliError(f"tokenizer {name_or_dir!r}: no tokenizer files ({', '.join(TOKENIZER_FILES)}) found in {looked}")
 
 
-def load_tokenizer(name_or_dir: str, tokenizer_dir: str | None = None):
+def resolve_tokenizer_dir(name_or_dir: str, tokenizer_dir: str | os.PathLike | None = None) -> Path:
+    """Map ``name_or_dir`` (+ ``tokenizer_dir`` for seed names) to a local directory."""
+    return find_tokenizer(name_or_dir, explicit=tokenizer_dir)
+
+
+def copy_tokenizer_files(source: str | os.PathLike, target: str | os.PathLike) -> list[str]:
+    """Copy ``HF_SIDE_FILES`` present in ``source`` into ``target``; returns the names copied."""
+    import shutil
+
+    copied = []
+    for name in HF_SIDE_FILES:
+        if (Path(source) / name).is_file():
+            shutil.copyfile(Path(source) / name, Path(target) / name)
+            copied.append(name)
+    return copied
+
+
+def load_tokenizer(name_or_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None):
     """An HF ``PreTrainedTokenizerBase`` from local files only (never the hub).
 
     A directory that does not load raises ``CliError`` naming it and the file that is missing,
