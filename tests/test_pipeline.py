@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,3 +44,16 @@ def test_qwen_pipeline_end_to_end(tmp_path: Path) -> None:
     rerun = _make(out, "pipeline")
     for stage in ("data", "convert", "pretrain", "sft", "export", "eval", "generate"):
         assert f"[{stage}] up to date" in rerun, rerun[-3000:]
+
+    # The same finished run, copied to another place with a copy of the repository (new paths, new mtimes).
+    repo, moved = tmp_path / "elsewhere" / "repo", tmp_path / "elsewhere" / "qwen"
+    shutil.copytree(ROOT, repo, ignore=shutil.ignore_patterns(".venv", ".git", "output", "*.egg-info", "__pycache__"))
+    shutil.copytree(out, moved, copy_function=shutil.copyfile)
+    result = subprocess.run([sys.executable, "-m", "pai_patch", "stage", "pipeline", "recipe=qwen2_5",
+                             f"output={moved}"], cwd=repo, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "elsewhere/repo/pai_patch" in subprocess.run(
+        [sys.executable, "-c", "import pai_patch; print(pai_patch.__file__)"], cwd=repo, capture_output=True,
+        text=True).stdout
+    for stage in ("data", "convert", "pretrain", "sft", "export", "eval", "generate"):
+        assert f"[{stage}] up to date" in result.stdout, result.stdout[-3000:]

@@ -89,3 +89,31 @@ def test_dlc_launch_reads_the_platform_environment() -> None:
     assert "--nproc_per_node 8 --nnodes 4 --node_rank 2 --master_addr 10.0.0.1 --master_port 23456" in joined
     with pytest.raises(ConfigError, match="WORLD_SIZE, RANK, MASTER_ADDR not set"):
         train_command(recipe, "job.yaml", {})
+
+
+def test_stage_stamps_survive_a_moved_checkout(tmp_path, monkeypatch) -> None:
+    """A copy at another path (PAI mounts one repository at /mnt and /workspace) keeps every finished stage."""
+    import shutil
+
+    from pai_patch.recipes import stages
+    from pai_patch.recipes.resolve import Paths
+
+    def finished(root):
+        (root / "data").mkdir(parents=True)
+        (root / "data" / "pretrain_text_document.bin").write_bytes(bytes(range(256)) * 4)
+        (root / "data" / "sft_train.idx").write_text("index")
+        return Paths(root)
+
+    a = finished(tmp_path / "mnt" / "out")
+    settings = {"train_path": str(a.data / "pretrain_text_document"), "tokenizer": str(stages.ROOT / "assets")}
+    stamp = stages._fingerprint(a, [a.data], settings)
+
+    moved = Paths(tmp_path / "workspace" / "out")
+    shutil.copytree(a.root, moved.root, copy_function=shutil.copyfile)  # new mtimes, as another mount shows them
+    monkeypatch.setattr(stages, "ROOT", tmp_path / "workspace" / "repo")
+    moved_settings = {"train_path": str(moved.data / "pretrain_text_document"),
+                      "tokenizer": str(stages.ROOT / "assets")}
+    assert stages._fingerprint(moved, [moved.data], moved_settings) == stamp
+
+    (moved.data / "sft_train.idx").write_text("other")  # same size, other content: the stage is stale
+    assert stages._fingerprint(moved, [moved.data], moved_settings) != stamp

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from pai_patch.configio import ConfigError, to_dict
 from pai_patch.recipes.launch import dry_run, run_command, train_command
-from pai_patch.recipes.resolve import Paths, load_recipe, paths, resolve_path, train_config
+from pai_patch.recipes.resolve import ROOT, Paths, load_recipe, paths, resolve_path, train_config
 from pai_patch.recipes.schema import Recipe
 from pai_patch.utils import write_text_atomic
 
@@ -43,16 +43,44 @@ def _recipe_name(overrides: list[str]) -> str:
 
 
 # ---- stamps ------------------------------------------------------------------------------
-def _fingerprint(files: list[Path | str | None], settings: Any) -> str:
-    h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+#: Files up to this size are hashed whole; larger ones (checkpoint shards, token bins) by their size and the
+#: bytes at both ends, so a stamp check stays cheap at 70B while any re-made file still changes its stamp.
+WHOLE_FILE_HASH_BYTES = 16 << 20
+EDGE_BYTES = 4 << 20
+
+
+def _file_digest(path: Path) -> str:
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as handle:
+        if size <= WHOLE_FILE_HASH_BYTES:
+            h.update(handle.read())
+        else:
+            h.update(handle.read(EDGE_BYTES))
+            handle.seek(size - EDGE_BYTES)
+            h.update(handle.read(EDGE_BYTES))
+    return h.hexdigest()
+
+
+def _fingerprint(p: Paths, files: list[Path | str | None], settings: Any) -> str:
+    """What a stage's output was made from: its settings and the content of its input files.
+
+    Paths are written relative to the output directory and the repository, and files are identified by content
+    and their name inside the input, so a checkout that is copied or mounted elsewhere (PAI mounts the same
+    repository at /mnt and /workspace) keeps its finished stages.
+    """
+    text = json.dumps(settings, sort_keys=True, default=str)
+    for prefix, name in ((str(p.root), "$OUT"), (str(ROOT), "$REPO")):
+        text = text.replace(prefix, name)
+    h = hashlib.sha256(text.encode())
     for f in files:
         if f is None:
             continue
         path = Path(f)
-        for p in sorted(path.rglob("*")) if path.is_dir() else [path]:
-            if p.is_file() and not p.name.endswith(".stamp"):
-                st = p.stat()
-                h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}".encode())
+        for item in sorted(path.rglob("*")) if path.is_dir() else [path]:
+            if item.is_file() and not item.name.endswith(".stamp"):
+                name = item.relative_to(path).as_posix() if path.is_dir() else path.name
+                h.update(f"{name}:{_file_digest(item)}".encode())
     return h.hexdigest()
 
 
@@ -84,7 +112,7 @@ def stage_data(recipe: Recipe, p: Paths) -> None:
     tokenizer_dir = resolve_path(d.tokenizer) if "/" in d.tokenizer else None
     settings = to_dict(d) | {"sft_seq": train_config(recipe, "sft").seq_length}
     inputs = [resolve_path(d.pretrain_input), resolve_path(d.sft_train), resolve_path(d.sft_valid), tokenizer_dir]
-    fp = _fingerprint(inputs, settings)
+    fp = _fingerprint(p, inputs, settings)
     if up_to_date(p.data, fp):
         return _skip("data", p.data)
     print(f"[data] {d.pretrain_input} -> {p.pretrain_dataset}; SFT {d.sft_train} -> {p.sft_train}")
@@ -112,7 +140,8 @@ def ensure_hf_base(recipe: Recipe, p: Paths) -> Path:
         raise ConfigError(f"convert.hf: size {recipe.model.size} starts from its published HF checkpoint; "
                           f"pass hf=/path/to/checkpoint (e.g. make recipe={recipe.recipe} "
                           f"size={recipe.model.size} hf=/mnt/ckpts/... convert)")
-    fp = _fingerprint([], {"model": to_dict(recipe.model), "seed": recipe.convert.seed, "tok": recipe.data.tokenizer})
+    settings = {"model": to_dict(recipe.model), "seed": recipe.convert.seed, "tok": recipe.data.tokenizer}
+    fp = _fingerprint(p, [], settings)
     if not up_to_date(p.hf_base, fp) and not dry_run():
         from pai_patch.recipes.hf_init import write_random_hf
 
@@ -127,7 +156,8 @@ def stage_convert(recipe: Recipe, p: Paths) -> None:
     c, par = recipe.convert, recipe.parallel
     # legacy rank files also depend on the virtual-pipeline chunks and the first stage's layers
     pipeline = {k: v for k, v in (("vp", par.vp), ("pp0-layers", par.pp0_layers)) if v is not None}
-    fp = _fingerprint([hf], to_dict(c) | {"tp": par.tp, "pp": par.pp, "ep": par.ep} | pipeline)
+    settings = {k: v for k, v in to_dict(c).items() if k != "hf"}  # the checkpoint counts by content, not by path
+    fp = _fingerprint(p, [hf], settings | {"tp": par.tp, "pp": par.pp, "ep": par.ep} | pipeline)
     if up_to_date(p.mcore_base, fp):
         return _skip("convert", p.mcore_base)
     if p.mcore_base.exists() and not dry_run():
@@ -150,7 +180,7 @@ def _training_stage(stage: str) -> Callable[[Recipe, Paths], None]:
         inputs = [p.data if cfg.data.train_path.startswith(str(p.data)) else Path(cfg.data.train_path)]
         if cfg.checkpoint.load:  # a retrained parent makes this stage stale
             inputs.append(Path(cfg.checkpoint.load) / "latest_checkpointed_iteration.txt")
-        fp = _fingerprint(inputs, to_dict(cfg))
+        fp = _fingerprint(p, inputs, to_dict(cfg))
         save_root = Path(cfg.checkpoint.save) if cfg.checkpoint.save else out / "checkpoint"
         final = save_root / f"iter_{cfg.train.iterations:07d}"
         if up_to_date(out, fp) and final.exists():
@@ -219,7 +249,7 @@ def _latest_training_checkpoint(p: Paths) -> Path:
 def stage_export(recipe: Recipe, p: Paths) -> None:
     ckpt = _latest_training_checkpoint(p)
     hf = ensure_hf_base(recipe, p)
-    fp = _fingerprint([ckpt / "latest_checkpointed_iteration.txt", hf], to_dict(recipe.export))
+    fp = _fingerprint(p, [ckpt / "latest_checkpointed_iteration.txt", hf], to_dict(recipe.export))
     if up_to_date(p.hf_export, fp):
         return _skip("export", p.hf_export)
     if p.hf_export.exists() and not dry_run():
@@ -234,7 +264,7 @@ def stage_eval(recipe: Recipe, p: Paths) -> None:
     if not (p.hf_export / "config.json").exists():
         stage_export(recipe, p)
     e = recipe.eval
-    fp = _fingerprint([p.hf_export], to_dict(e))
+    fp = _fingerprint(p, [p.hf_export], to_dict(e))
     if up_to_date(p.eval, fp):
         return _skip("eval", p.eval)
     print(f"[eval] lm-eval {','.join(e.tasks)} on {p.hf_export}")
@@ -257,7 +287,7 @@ def stage_generate(recipe: Recipe, p: Paths) -> None:
     ckpt = _latest_training_checkpoint(p)
     g = recipe.generate
     out = p.generate / "output.jsonl"
-    fp = _fingerprint([ckpt / "latest_checkpointed_iteration.txt", resolve_path(g.prompts)], to_dict(g))
+    fp = _fingerprint(p, [ckpt / "latest_checkpointed_iteration.txt", resolve_path(g.prompts)], to_dict(g))
     if up_to_date(p.generate, fp):
         return _skip("generate", p.generate)
     if not dry_run():
