@@ -103,7 +103,8 @@ def evaluate(hf_dir: str | Path, tasks: list[str] | tuple[str, ...] = DEFAULT_TA
         return {}
     scores = summarize(results, tasks)
     if output is not None:
-        report = {"hf_dir": str(hf_dir), "tasks": tasks, "limit": limit, "scores": scores,
+        report = {"hf_dir": str(hf_dir), "tasks": tasks, "limit": limit, "apply_chat_template": apply_chat_template,
+                  "num_fewshot": num_fewshot, "scores": scores,
                   "results": results["results"], "n-samples": results.get("n-samples", {})}
         write_text_atomic(output, json.dumps(report, indent=1, ensure_ascii=False, default=str) + "\n")
     return scores
