@@ -93,10 +93,12 @@ def test_report_command_for_scores_measured_outside_the_stage(tmp_path):
     from pai_patch.reproduce.report import main
 
     (tmp_path / "results.json").write_text(json.dumps({"scores": {"cmmlu/acc": 0.62, "ceval-valid/acc": 0.60}}))
-    assert main([str(tmp_path / "results.json"), str(tmp_path / "out"), "recipe=deepseek_v2", "size=A2.4B"]) == 0
+    assert main([str(tmp_path / "results.json"), str(tmp_path / "out"), "recipe=deepseek_v2", "size=A2.4B"]) == 1
     text = (tmp_path / "out" / "report.md").read_text()
     assert "| cmmlu/acc | 0.6200 | 0.6430 | -0.0230 | NO |" in text
     assert "| ceval-valid/acc | 0.6000 | 0.6030 | -0.0030 | yes |" in text
+    (tmp_path / "results.json").write_text(json.dumps({"scores": {"cmmlu/acc": 0.64, "ceval-valid/acc": 0.60}}))
+    assert main([str(tmp_path / "results.json"), str(tmp_path / "out"), "recipe=deepseek_v2", "size=A2.4B"]) == 0
 
 
 def test_header_names_the_measured_tasks_not_the_recipes(recipe, tmp_path):

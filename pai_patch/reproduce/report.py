@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m pai_patch.reproduce.report RESULTS_JSON OUT_DIR recipe=R [size=S]``.
 
     The report for scores measured outside the recipe's eval stage — e.g. a published base
-    checkpoint scored with ``python -m pai_patch eval ... --num-fewshot 5 --output RESULTS_JSON``.
+    checkpoint scored with ``pai-patch eval ... --num-fewshot 5 --output RESULTS_JSON``. Exits 1 when a
+    published result did not reproduce.
     """
     import argparse
     import sys
@@ -145,8 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     if not names:
         raise SystemExit("error: name the recipe: recipe=NAME")
     scores = json.loads(args.results.read_text())["scores"]
-    write_report(load_recipe(names[0], args.overrides), scores, args.out_dir)
-    return 0
+    recipe = load_recipe(names[0], args.overrides)
+    write_report(recipe, scores, args.out_dir)
+    # like `lock check`: a script or CI job that asks whether a result reproduces gets the answer as the exit code
+    return 1 if any(r["status"] == "not reproduced" for r in compare(recipe, scores)) else 0
 
 
 if __name__ == "__main__":
