@@ -34,7 +34,7 @@ def test_valid_dataset(prefix, capsys):
 
 
 def test_inspect_prints_header_stats_and_sample(prefix, capsys):
-    assert main(["data", "inspect", str(prefix), "--tokenizer", "shipped", "--sample", "1"]) == 0
+    assert main(["data", "inspect", str(prefix), "--tokenizer", "shipped", "--document", "1"]) == 0
     out = capsys.readouterr().out
     assert "version 1, dtype uint16 (code 8), 3 sequences, 3 documents" in out
     assert "9 total" in out and "min 2" in out and "max 4" in out

@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ins.add_argument("prefix", help="dataset prefix (PREFIX.bin / PREFIX.idx; a trailing .bin/.idx is ignored)")
     ins.add_argument("--tokenizer", help="tokenizer directory or name, to decode a sample")
     ins.add_argument("--tokenizer-dir", default=None)
-    ins.add_argument("--sample", type=int, default=0, help="which document to decode")
+    ins.add_argument("--document", "--sample", dest="document", type=int, default=0, metavar="INDEX",
+                     help="index of the document to decode (0-based; --sample is the old name)")
     val = sub.add_parser("validate", help="check header, pointers, lengths vs .bin size, monotone document index")
     val.add_argument("prefix")
 
@@ -79,11 +80,11 @@ def _inspect(args: argparse.Namespace, prefix: str) -> int:
     if args.tokenizer and ds.num_documents:
         from pai_patch.data.tokenizer import load_tokenizer
 
-        if not 0 <= args.sample < ds.num_documents:
-            raise CliError(f"--sample {args.sample}: expected 0..{ds.num_documents - 1}")
+        if not 0 <= args.document < ds.num_documents:
+            raise CliError(f"--document {args.document}: expected an index 0..{ds.num_documents - 1}")
         tokenizer = load_tokenizer(args.tokenizer, args.tokenizer_dir)
-        ids = np.concatenate(ds.document(args.sample)).tolist()
-        print(f"document {args.sample} ({len(ids)} tokens): {tokenizer.decode(ids)!r}")
+        ids = np.concatenate(ds.document(args.document)).tolist()
+        print(f"document {args.document} ({len(ids)} tokens): {tokenizer.decode(ids)!r}")
     return 0
 
 
