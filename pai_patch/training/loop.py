@@ -199,7 +199,6 @@ class Trainer:
         from pai_patch.training.vocab_check import check_vocabulary
 
         self.cfg = cfg
-        apply_patches()
         family = get_family(cfg.model.family)
         size = family.size(cfg.model.size)
         use_te = choose_backend(cfg)
@@ -211,6 +210,7 @@ class Trainer:
                                  seq_length=self.rt.seq_length)
         self.tokenizer = tokenizer_for(cfg)
         check_vocabulary(cfg, size, self.tokenizer)
+        apply_patches()  # after every check of the job, so that a bad job prints its one error line and nothing else
         init_process_group()
         init_model_parallel(self.rt)
         _seed_everything(t.seed)
