@@ -181,8 +181,8 @@ def render_doc() -> str:
         "|---|---|---|",
     ]
     for what, argv, message in CASES:
-        lines.append(f"| {cell(what)} | `python -m pai_patch {cell(' '.join(argv))}` | `{cell(message)}` |")
-    base = "python -m pai_patch train model.family=qwen2_5 model.size=tiny ..."
+        lines.append(f"| {cell(what)} | `pai-patch {cell(' '.join(argv))}` | `{cell(message)}` |")
+    base = "pai-patch train model.family=qwen2_5 model.size=tiny ..."
     for what, extra, message in RUNTIME_CASES:
         lines.append(f"| {cell(what)} | `{base} {cell(extra)}` | `{cell(message)}` |")
     lines += ["", "Faults found while running (exact wording with the real paths and numbers is in the fault "
@@ -223,6 +223,14 @@ def test_seed_shell_script_wrong_count():
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == f"error: run_mcore_qwen.sh takes 25 arguments, got 2; {QWEN_USAGE}"
     assert "Traceback" not in result.stderr
+
+
+def test_train_error_is_the_only_line_in_a_real_process():
+    """In process, pytest owns logging; a real `train` process printed the no-TE patch's INFO line first."""
+    result = subprocess.run([sys.executable, "-m", "pai_patch", "train", "model.family=gpt5"], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["error: unknown model family 'gpt5'; valid: deepseek_v2, llama2, qwen2_5"]
 
 
 def test_errors_doc_matches_tables():
