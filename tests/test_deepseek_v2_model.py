@@ -9,7 +9,7 @@ import pytest
 from pai_patch.models import get_family
 from pai_patch.models.base import Runtime
 from pai_patch.models.deepseek_v2 import DeepseekV2Size
-from pai_patch.models.inspect import count_params
+from pai_patch.models.params import count_params
 from pai_patch.parallel import LayoutError, model_parallel, validate_layout
 
 FAMILY = get_family("deepseek_v2")

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from pai_patch.models import families, get_family
-from pai_patch.models.inspect import count_params
+from pai_patch.models.params import count_params
 from tests.conftest import run_cli
 
 DENSE_ROWS = [(f, s) for f in ("qwen2_5", "llama2") for s in get_family(f).sizes if s != "tiny"]

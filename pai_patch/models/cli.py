@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
         for name, fam in families().items():
             print(f"{name:12s} {', '.join(fam.sizes)}")
         return 0
-    from pai_patch.models.inspect import info
+    from pai_patch.models.params import info
 
     result = info(get_family(args.family), args.size)
     if args.json:

@@ -12,7 +12,6 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,18 +27,6 @@ log = logging.getLogger("pai_patch.train")
 
 class NonFiniteLossError(RuntimeError, CliError):
     """The loss became NaN/Inf more often than the skip budget allows (one-line CLI error)."""
-
-
-@dataclass
-class Stack:
-    """Everything built for a run, for the loop and for tests that inspect it."""
-
-    cfg: TrainConfig
-    model: list[torch.nn.Module]
-    optimizer: Any
-    scheduler: Any
-    dp_size: int
-    dp_rank: int
 
 
 def _cpu_precision(rt):  # noqa: ANN001, ANN202
