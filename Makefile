@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 recipe ?= qwen2_5
-STAGES := data convert pretrain sft export eval generate pipeline serve
+STAGES := data convert pretrain sft export eval generate pipeline serve rehearse
 # Every `key=value` given on the command line (recipe=, size=, lr=, ...) goes to the recipe as an override.
 OVERRIDES := $(MAKEOVERRIDES)
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider

@@ -24,14 +24,17 @@ def count_params(family: ModelFamily, size: ModelSize) -> dict[str, int]:
     with model_parallel(rt), torch.device("meta"):
         model = family.build(size, rt)
         total = sum(p.numel() for p in model.parameters())
-        inactive = 0
+        inactive = routed_total = 0
         embedding = model.embedding.word_embeddings.weight.numel()
         for module in model.modules():
             if isinstance(module, MoELayer):
                 cfg = module.config
                 routed = sum(p.numel() for p in module.experts.parameters())
+                routed_total += routed
                 inactive += routed - routed * cfg.moe_router_topk // cfg.num_moe_experts
-    return {"params_total": total, "params_active": total - inactive, "params_embedding": embedding}
+    # routed experts shard over EP (the rest over TP*PP): what a per-GPU memory estimate needs apart
+    return {"params_total": total, "params_active": total - inactive, "params_embedding": embedding,
+            "params_routed_experts": routed_total}
 
 
 def info(family: ModelFamily, size_name: str | None) -> dict[str, Any]:

@@ -21,7 +21,9 @@ ALIASES = {
     "env": "launch.env", "nproc": "launch.nproc_per_node", "hf": "convert.hf", "output": "output_dir",
 }
 #: make-level switches that are not recipe keys
-NOT_RECIPE_KEYS = {"recipe", "DRY_RUN", "VENV", "PYTHON_BOOT"}
+#: the world and the GPU `rehearse` checks a job against: `gpus=8 nodes=4 gpu=H800`
+REHEARSE_KEYS = ("gpu", "gpus", "nodes")
+NOT_RECIPE_KEYS = {"recipe", "DRY_RUN", "VENV", "PYTHON_BOOT", *REHEARSE_KEYS}
 
 
 def available() -> list[str]:

@@ -28,10 +28,11 @@ from pai_patch.utils import write_text_atomic
 
 STAGES = ("data", "convert", "pretrain", "sft", "export", "eval", "generate")
 SERVICES = ("serve",)  # run until stopped, so never part of the pipeline
+CHECKS = ("rehearse",)  # what a GPU job checks before its first step, on any machine; writes nothing
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("stage", choices=(*STAGES, "pipeline", *SERVICES))
+    parser.add_argument("stage", choices=(*STAGES, "pipeline", *SERVICES, *CHECKS))
     parser.add_argument("overrides", nargs="*", help="recipe=NAME size=SIZE and section.key=value overrides")
 
 
@@ -336,6 +337,10 @@ RUNNERS: dict[str, Callable[[Recipe, Paths], None]] = {
 def run_stage(stage: str, overrides: list[str]) -> None:
     recipe = load_recipe(_recipe_name(overrides), overrides)
     p = paths(recipe, planned=stage == "pipeline" and dry_run())
+    if stage in CHECKS:
+        from pai_patch.recipes import rehearse
+
+        return rehearse.run(recipe, p, overrides)
     for name in STAGES if stage == "pipeline" else (stage,):
         print(f"== {recipe.recipe} {recipe.model.size}: {name} ({p.root})", flush=True)
         RUNNERS[name](recipe, p)
