@@ -208,6 +208,31 @@ def test_bad_request_gets_an_error_and_the_connection_stays_usable(served: tuple
         assert receive(websocket)[0] == sampled  # a request's seed makes its sampling reproducible
 
 
+def test_hostile_requests_get_one_line_errors_and_the_server_stays_up(served: tuple[str, dict[str, str]],
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prompt longer than the model's context made the server try to allocate 25.6 GB and close with 1011."""
+    url, outputs = served
+    with connect(url, additional_headers={"Authorization": TOKEN}) as websocket:
+        websocket.send(json.dumps({"prompt": "word " * 20000}))
+        pieces, end = receive(websocket)
+        assert not pieces and end["is_end"] and "more than this server allows" in end["error"]
+        assert "the model's context" in end["error"]
+        monkeypatch.setattr(HFDecoder, "start", lambda *_: (_ for _ in ()).throw(RuntimeError("out of memory\nmore")))
+        websocket.send(json.dumps({"prompt": PROMPTS[0]}))
+        pieces, end = receive(websocket)
+        assert end == {"error": "the model failed on this request (RuntimeError: out of memory)", "is_end": True}
+        monkeypatch.undo()
+        websocket.send(json.dumps({"prompt": PROMPTS[0]}))
+        assert "".join(receive(websocket)[0]) == outputs[PROMPTS[0]]
+
+
+def test_hosts_that_count_as_loopback_for_the_no_token_warning() -> None:
+    from pai_patch.generation.server import _loopback
+
+    assert _loopback("127.0.0.1") and _loopback("localhost") and _loopback("::1")
+    assert not _loopback("0.0.0.0") and not _loopback("10.0.0.5") and not _loopback("my-host")
+
+
 @pytest.mark.slow
 def test_cli_serves_the_generate_output_and_stops_on_sigterm(hf_dir: Path) -> None:
     """``serve --hf`` in its own process: the seed client prints ``generate``'s output; SIGTERM closes and exits 0."""

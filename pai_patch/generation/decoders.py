@@ -13,6 +13,8 @@ import torch
 
 
 class Decoder(Protocol):
+    context_length: int
+
     def start(self, prompt_ids: list[int], max_length: int) -> torch.Tensor: ...
 
     def step(self, token: int) -> torch.Tensor: ...
@@ -24,6 +26,7 @@ class HFDecoder:
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model.eval()
         self.vocab_size = model.config.vocab_size
+        self.context_length = model.config.max_position_embeddings  # prompt + output tokens the model is made for
         self.device = next(model.parameters()).device
         self.cache = None
         self.length = 0
@@ -57,6 +60,7 @@ class McoreDecoder:
     def __init__(self, model: torch.nn.Module, vocab_size: int) -> None:
         self.model = model.eval()
         self.vocab_size = vocab_size
+        self.context_length = model.max_sequence_length
         self.device = next(model.parameters()).device
         self.context = None
 

@@ -108,15 +108,20 @@ class Service:
     def __init__(self, decoder: Decoder, tokenizer: Any, defaults: SamplingParams, *, chat: bool,
                  max_prompt_tokens: int | None) -> None:
         self.decoder, self.tokenizer, self.defaults = decoder, tokenizer, defaults
-        self.chat, self.max_prompt_tokens = chat, max_prompt_tokens
+        # by default a prompt may fill the model's context less the longest answer: a longer one would make the
+        # model allocate for positions it was never made for (a 20k-word prompt asked a tiny model for 25 GB)
+        room = decoder.context_length - defaults.max_new_tokens
+        self.chat, self.max_prompt_tokens = chat, room if max_prompt_tokens is None else min(max_prompt_tokens, room)
         self.stop_ids = stop_token_ids(tokenizer)
         self.lock = threading.Lock()
 
     def stream(self, prompt: str, params: SamplingParams) -> Iterator[str]:
         """Text pieces of the output for ``prompt``; their concatenation equals ``generate``'s output."""
         ids = encode_prompt(self.tokenizer, prompt, chat=self.chat)
-        if self.max_prompt_tokens is not None and len(ids) > self.max_prompt_tokens:
-            raise ValueError(f"prompt has {len(ids)} tokens, more than --max-prompt-tokens {self.max_prompt_tokens}")
+        if len(ids) > self.max_prompt_tokens:
+            raise ValueError(f"prompt has {len(ids)} tokens, more than this server allows ({self.max_prompt_tokens}: "
+                             f"the model's context {self.decoder.context_length} less --max-new-tokens "
+                             f"{self.defaults.max_new_tokens}, or --max-prompt-tokens)")
         text, start = TextStream(self.tokenizer, self.stop_ids), time.monotonic()
         generator = torch.Generator().manual_seed(params.seed)
         for token in iterate_ids(self.decoder, ids, params, stop_ids=self.stop_ids, generator=generator):
@@ -147,6 +152,12 @@ class Service:
             except ValueError as err:  # raised before the first piece: the request was wrong, not the server
                 websocket.send(json.dumps({"error": str(err), "is_end": True}, ensure_ascii=False))
                 continue
+            except (RuntimeError, MemoryError) as err:  # the model failed on this request; the server stays up
+                first = str(err).splitlines()[0] if str(err) else type(err).__name__
+                log.error("request failed: %s: %s", type(err).__name__, first)
+                websocket.send(json.dumps({"error": f"the model failed on this request ({type(err).__name__}: "
+                                                    f"{first})", "is_end": True}, ensure_ascii=False))
+                continue
             websocket.send(json.dumps({"text": "", "is_end": True}))
 
 
@@ -175,12 +186,26 @@ def open_server(service: Service, host: str, port: int, token: str | None) -> An
         raise ValueError(f"--host {host} --port {port}: cannot listen there ({err.strerror or err})") from None
 
 
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost
+        return False
+
+
 def serve_until_signal(service: Service, host: str, port: int, token: str | None) -> int:
     """Accept connections until SIGTERM/SIGINT, then close them (1001 going away) and return 0."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     server = open_server(service, host, port, token)
+    if not token and not _loopback(host):
+        log.warning("listening on %s without a token: anyone who reaches this port can use the model; set "
+                    "--token (or $%sTOKEN)", host, ENV_PREFIX)
     accept = threading.Thread(target=server.serve_forever, name="websocket-accept")
     accept.start()
     try:
