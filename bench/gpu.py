@@ -255,8 +255,8 @@ def train_shape(shape: Shape, args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     choice = choose_backend(flash_attn=True)
-    os.environ.update(choice.te_env())  # before TE's attention is first built
-    rt = Runtime(precision="bf16", seq_length=args.seq, use_te=choice.use_te, flash_attn=True)
+    rt = Runtime(precision="bf16", seq_length=args.seq, use_te=choice.use_te, flash_attn=True,
+                 attention_backend=choice.attn_backend)
     device_bytes = int(args.memory_gib * 2**30) if args.memory_gib else (
         torch.cuda.get_device_properties(device).total_memory if cuda else None)
     loaded = load_shape(shape, rt, device_bytes)
@@ -292,7 +292,7 @@ def train_shape(shape: Shape, args: argparse.Namespace) -> dict[str, Any]:
         seconds = (time.perf_counter() - start) / args.steps
     tokens_s = step_tokens / seconds
     optimizer_s = sum(optimizer_seconds) / args.steps
-    row.update(status="ok", precision=trainer.rt.precision, adam=adam_implementation(trainer.optimizer),
+    row.update(status="ok", precision=trainer.rt.precision, attention_backend=trainer.rt.attention_backend, adam=adam_implementation(trainer.optimizer),
                step_s=seconds, optimizer_s=optimizer_s, optimizer_share=optimizer_s / seconds,
                tokens_per_s=tokens_s, tflops=tokens_s * flops / 1e12, loss_first=losses[0], loss_last=losses[-1],
                peak_memory_gib=torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None)

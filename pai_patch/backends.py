@@ -14,15 +14,15 @@ from __future__ import annotations
 import importlib
 import logging
 from dataclasses import dataclass
-from typing import Mapping
-
 import torch
 
 from pai_patch.models.base import PRECISIONS, te_available
 
 log = logging.getLogger(__name__)
 
-ATTENTION_BACKENDS = ("fa3", "te-flash", "te-fused", "sdpa")
+#: our attention backends, each with the megatron-core AttnBackend that forces it (TE 2.x prefers
+#: cuDNN fused attention over flash on sm90 when both are allowed, so flash must forbid fused)
+ATTENTION_BACKENDS = {"fa3": "flash", "te-flash": "flash", "te-fused": "fused", "sdpa": "auto"}
 HOPPER = (9, 0)
 #: where FA3's Python interface lives: its own wheel, or the seeds' hand-made `flashattn_hopper` folder
 FA3_MODULES = ("flash_attn_interface", "flash_attn_3.flash_attn_interface", "flashattn_hopper.flash_attn_interface")
@@ -36,16 +36,15 @@ class BackendChoice:
     attention: str
     reason: str
 
-    def te_env(self) -> Mapping[str, str]:
-        """Transformer Engine's switches that pin its attention to this choice (empty without TE).
+    @property
+    def attn_backend(self) -> str:
+        """The ``TransformerConfig.attention_backend`` (megatron-core ``AttnBackend`` name) that forces this choice.
 
-        TE picks among its own backends at run time; without these it may take a different
-        one than the one reported.  FA3 runs inside TE's flash path when TE is present.
+        megatron-core turns it into TE's ``NVTE_*_ATTN`` switches when the model is built, and asserts
+        they were not set otherwise, so the choice is expressed only here, never as environment
+        variables.  FA3 runs inside TE's flash path; without TE nothing is pinned (``auto``).
         """
-        if not self.use_te:
-            return {}
-        flash = self.attention in ("fa3", "te-flash")
-        return {"NVTE_FLASH_ATTN": "1" if flash else "0", "NVTE_FUSED_ATTN": "0" if flash else "1"}
+        return ATTENTION_BACKENDS[self.attention]
 
 
 def cuda_capability() -> tuple[int, int] | None:
@@ -89,8 +88,8 @@ def resolve_backend(flash_attn: bool, precision: str) -> BackendChoice:
     """Pick the attention backend for the recipe switches ``FL`` and ``PR`` and log the choice."""
     check_precision(precision)
     choice = choose_backend(flash_attn)
-    log.info("attention backend: %s (FL=%s, PR=%s): %s", choice.attention, str(flash_attn).lower(),
-             precision, choice.reason)
+    log.info("attention backend: %s (FL=%s, PR=%s): %s; the model config forces attention_backend=%s",
+             choice.attention, str(flash_attn).lower(), precision, choice.reason, choice.attn_backend)
     return choice
 
 

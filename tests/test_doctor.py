@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 
@@ -69,8 +70,9 @@ def test_resolve_backend_on_cpu_picks_sdpa_and_logs(caplog):
     with caplog.at_level(logging.INFO, logger="pai_patch.backends"):
         choice = backends.resolve_backend(flash_attn=True, precision="bf16")
     assert choice == backends.BackendChoice(False, "sdpa", choice.reason) and "no CUDA" in choice.reason
-    assert choice.te_env() == {}
+    assert choice.attn_backend == "auto"
     assert "attention backend: sdpa (FL=true, PR=bf16)" in caplog.text
+    assert "forces attention_backend=auto" in caplog.text
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
@@ -85,8 +87,33 @@ def test_precision_rejected(precision, message):
 
 
 def test_fa3_choice_pins_te_to_its_flash_path():
-    assert backends.BackendChoice(True, "fa3", "").te_env() == {"NVTE_FLASH_ATTN": "1", "NVTE_FUSED_ATTN": "0"}
-    assert backends.BackendChoice(True, "te-fused", "").te_env() == {"NVTE_FLASH_ATTN": "0", "NVTE_FUSED_ATTN": "1"}
+    assert backends.BackendChoice(True, "fa3", "").attn_backend == "flash"
+    assert backends.BackendChoice(True, "te-flash", "").attn_backend == "flash"
+    assert backends.BackendChoice(True, "te-fused", "").attn_backend == "fused"
+
+
+def test_flash_is_forced_by_the_model_config_not_by_nvte_variables(monkeypatch):
+    """FL=true with TE on Hopper: the training config forces flash attention through megatron-core's
+    ``attention_backend``; no ``NVTE_*=0`` is set, which megatron-core 0.16.1 rejects under ``auto``."""
+    from megatron.core.transformer.enums import AttnBackend
+
+    from pai_patch.models import get_family
+    from pai_patch.training.backend import backend_runtime
+    from pai_patch.training.config import TrainConfig, TrainSection
+
+    for name in ("NVTE_FLASH_ATTN", "NVTE_FUSED_ATTN", "NVTE_UNFUSED_ATTN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(backends, "cuda_capability", lambda: (9, 0))
+    monkeypatch.setattr(backends, "te_available", lambda: True)
+    monkeypatch.setattr(backends, "importable", lambda name: name == "flash_attn")
+    cfg = TrainConfig(train=TrainSection(train_iters=10, precision="bf16", flash_attn=True))
+    rt = backend_runtime(cfg)
+    family = get_family(cfg.model.family)
+    config = family.transformer_config(family.size(cfg.model.size), rt)
+    assert (rt.use_te, config.attention_backend) == (True, AttnBackend.flash)
+    assert not {k: v for k, v in os.environ.items() if k.startswith("NVTE_") and v == "0"}
+    cfg.train.flash_attn = False
+    assert backend_runtime(cfg).attention_backend == "fused"
 
 
 def test_hopper_without_fa3_falls_back_with_reason(monkeypatch):

@@ -72,6 +72,8 @@ class Runtime:
     recompute_layers: int = 1
     use_te: bool = False
     flash_attn: bool = False
+    #: megatron-core AttnBackend name the config forces (:attr:`pai_patch.backends.BackendChoice.attn_backend`)
+    attention_backend: str = "auto"
     seq_length: int = 4096
     init_std: float = 0.02
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -135,6 +137,8 @@ class ModelFamily:
     # ---- megatron-core side ---------------------------------------------------------
     def config_kwargs(self, size: ModelSize, rt: Runtime) -> dict[str, Any]:
         """TransformerConfig arguments; families extend this (MLA, MoE)."""
+        from megatron.core.transformer.enums import AttnBackend
+
         on_gpu = torch.cuda.is_available()
         kwargs: dict[str, Any] = dict(
             num_layers=size.num_layers,
@@ -159,6 +163,7 @@ class ModelFamily:
             expert_model_parallel_size=rt.ep,
             expert_tensor_parallel_size=rt.etp,
             sequence_parallel=rt.sequence_parallel,
+            attention_backend=AttnBackend[rt.attention_backend],
             params_dtype=rt.params_dtype,
             bf16=rt.precision in ("bf16", "fp8"),
             fp16=rt.precision == "fp16",

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import logging
-
-from pai_patch.models.base import te_available
+from pai_patch.models.base import Runtime
 from pai_patch.training.config import TrainConfig
 
-log = logging.getLogger(__name__)
 
+def backend_runtime(cfg: TrainConfig) -> Runtime:
+    """Validate the precision, pick the attention backend, and return the runtime that builds it.
 
-def choose_backend(cfg: TrainConfig) -> bool:
-    """Validate precision and return whether to build with the Transformer Engine spec."""
-    from pai_patch.backends import check_precision, resolve_backend
+    The choice reaches the model as ``TransformerConfig.attention_backend`` (megatron-core sets
+    TE's switches from it), so the kernel that runs is the one :func:`resolve_backend` logs.
+    """
+    from pai_patch.backends import resolve_backend
 
-    check_precision(cfg.train.precision)
     choice = resolve_backend(cfg.train.flash_attn, cfg.train.precision)
-    log.info("attention backend: %s (%s)", choice.attention, choice.reason)
-    return choice.use_te and te_available()
+    return cfg.runtime(use_te=choice.use_te, attention_backend=choice.attn_backend)
