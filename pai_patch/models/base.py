@@ -24,6 +24,11 @@ if TYPE_CHECKING:  # heavy imports stay out of module import time (`make help`, 
 
 RECOMPUTE_MODES = ("false", "sel", "full", "offload")
 PRECISIONS = ("fp32", "fp16", "bf16", "fp8")
+#: the seeds' PR=fp8 (their launchers pass --bf16 --fp8-format hybrid --fp8-amax-compute-algo max
+#: --fp8-amax-history-len 1024): bf16 weights and activations, fp8 GEMMs with delayed scaling.  Not
+#: megatron's default recipe (amax history 1, most_recent), and not fp32 params, which would turn off
+#: every fused attention kernel in Transformer Engine.
+FP8_CONFIG = dict(fp8="hybrid", fp8_recipe="delayed", fp8_amax_history_len=1024, fp8_amax_compute_algo="max")
 
 
 @dataclass(frozen=True)
@@ -80,7 +85,8 @@ class Runtime:
 
     @property
     def params_dtype(self) -> torch.dtype:
-        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
+        """Weights' dtype: fp8 keeps bf16 weights (TE casts to fp8 inside each GEMM)."""
+        return {"bf16": torch.bfloat16, "fp8": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
 
 
 def te_available() -> bool:
@@ -167,7 +173,6 @@ class ModelFamily:
             params_dtype=rt.params_dtype,
             bf16=rt.precision in ("bf16", "fp8"),
             fp16=rt.precision == "fp16",
-            fp8="hybrid" if rt.precision == "fp8" else None,
             pipeline_dtype=rt.params_dtype,
             use_cpu_initialization=not on_gpu,
             # Fused kernels are CUDA-only; on CPU megatron falls back to the unfused paths.
@@ -188,6 +193,8 @@ class ModelFamily:
         )
         if rt.pp0_layers is not None and rt.pp > 1:
             kwargs["num_layers_in_first_pipeline_stage"] = rt.pp0_layers
+        if rt.precision == "fp8":
+            kwargs.update(FP8_CONFIG)
         kwargs.update(recompute_kwargs(rt))
         kwargs.update(rt.extra)
         return kwargs
