@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -134,3 +135,15 @@ def test_hopper_without_fa3_falls_back_with_reason(monkeypatch):
     with pytest.raises(ValueError, match="fp8 needs Transformer Engine"):
         monkeypatch.setattr(backends, "cuda_capability", lambda: (9, 0))
         backends.check_precision("fp8")
+
+
+def test_te_available_decides_on_its_pytorch_extension(monkeypatch):
+    """TE 2.x's top-level package imports even when its compiled extension does not load."""
+    from pai_patch.models import base
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "transformer_engine", types.ModuleType("transformer_engine"))
+    monkeypatch.setitem(sys.modules, "transformer_engine.pytorch", None)  # importing it raises ImportError
+    assert not base.te_available()
+    monkeypatch.setitem(sys.modules, "transformer_engine.pytorch", types.ModuleType("transformer_engine.pytorch"))
+    assert base.te_available()

@@ -90,11 +90,18 @@ class Runtime:
 
 
 def te_available() -> bool:
+    """True when Transformer Engine's PyTorch extension imports on a CUDA machine.
+
+    ``transformer_engine`` itself imports even when its compiled extension does not load (TE 2.x's
+    top level swallows that ImportError), so the decision is made on ``transformer_engine.pytorch``.
+    """
+    if not torch.cuda.is_available():
+        return False
     try:
-        import transformer_engine  # noqa: F401
+        import transformer_engine.pytorch  # noqa: F401
     except Exception:  # a broken TE install must not break the CPU path
         return False
-    return torch.cuda.is_available()
+    return True
 
 
 class ModelFamily:
