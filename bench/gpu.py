@@ -246,17 +246,16 @@ def train_shape(shape: Shape, args: argparse.Namespace) -> dict[str, Any]:
     """Build ``shape`` in the trainer and time ``args.steps`` steps after ``args.warmup``; one result row."""
     import logging
 
-    from pai_patch.backends import choose_backend
     from pai_patch.models.attention import choose_sdpa_kernel
     from pai_patch.models.base import Runtime, padded_vocab_size
+    from pai_patch.training.backend import backend_choice
     from pai_patch.training.loop import Trainer
 
     logging.basicConfig(level=logging.WARNING)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    choice = choose_backend(flash_attn=True)
-    rt = Runtime(precision="bf16", seq_length=args.seq, use_te=choice.use_te, flash_attn=True,
-                 attention_backend=choice.attn_backend)
+    # the backend does not change the FLOPs or the layers that fit; the trainer builds with its own
+    rt = Runtime(precision="bf16", seq_length=args.seq, flash_attn=True)
     device_bytes = int(args.memory_gib * 2**30) if args.memory_gib else (
         torch.cuda.get_device_properties(device).total_memory if cuda else None)
     loaded = load_shape(shape, rt, device_bytes)
@@ -266,20 +265,21 @@ def train_shape(shape: Shape, args: argparse.Namespace) -> dict[str, Any]:
     if size.name not in fam.sizes:  # the cut row, registered for this process only
         fam.sizes = {**fam.sizes, size.name: size}
     flops = sum(flop_model(cfg, padded_vocab_size(size.vocab_size), args.seq).values())
+    job = job_config(shape, size, args.micro_batch, args.seq, args.warmup + args.steps, args.recompute,
+                     "", accum=args.accum)
+    choice = backend_choice(job)  # what the trainer picks for this job, by the same function
     attention = choice.attention
     if cuda and attention == "sdpa":
-        qk = cfg.qk_head_dim + cfg.qk_pos_emb_head_dim if getattr(cfg, "multi_latent_attention", False) else cfg.kv_channels
-        kernel = choose_sdpa_kernel(qk, getattr(cfg, "v_head_dim", None) or qk, cfg.num_attention_heads,
-                                    cfg.num_query_groups or cfg.num_attention_heads, torch.bfloat16, device, masked=False)
+        qk, v = size.attention_head_dims
+        kernel = choose_sdpa_kernel(qk, v, cfg.num_attention_heads, cfg.num_query_groups or cfg.num_attention_heads,
+                                    torch.bfloat16, device, masked=False)
         attention = f"sdpa/{kernel.name}"
     step_tokens = args.micro_batch * args.accum * args.seq
     row = {"label": shape.label, "layers": size.num_layers, "micro_batch": args.micro_batch, "accum": args.accum,
            "global_batch_tokens": step_tokens, "recompute": args.recompute, "attention": attention,
            "attention_reason": choice.reason, "flops_per_token": flops}
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as scratch:
-        job = job_config(shape, size, args.micro_batch, args.seq, args.warmup + args.steps, args.recompute,
-                         scratch, accum=args.accum)
-        trainer = Trainer(job)
+        trainer = Trainer(dataclasses.replace(job, output_dir=scratch))
         batch = random_batch(size.vocab_size, args.micro_batch, args.seq, device)
         iterators = [itertools.repeat(batch) for _ in trainer.model]
         losses = [trainer.train_step(iterators)["loss"] for _ in range(args.warmup)]
@@ -292,7 +292,8 @@ def train_shape(shape: Shape, args: argparse.Namespace) -> dict[str, Any]:
         seconds = (time.perf_counter() - start) / args.steps
     tokens_s = step_tokens / seconds
     optimizer_s = sum(optimizer_seconds) / args.steps
-    row.update(status="ok", precision=trainer.rt.precision, attention_backend=trainer.rt.attention_backend, adam=adam_implementation(trainer.optimizer),
+    row.update(status="ok", precision=trainer.rt.precision, attention_backend=trainer.rt.attention_backend,
+               adam=adam_implementation(trainer.optimizer),
                step_s=seconds, optimizer_s=optimizer_s, optimizer_share=optimizer_s / seconds,
                tokens_per_s=tokens_s, tflops=tokens_s * flops / 1e12, loss_first=losses[0], loss_last=losses[-1],
                peak_memory_gib=torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None)

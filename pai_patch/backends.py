@@ -84,17 +84,22 @@ def check_precision(precision: str) -> None:
         raise ValueError(f"PR=bf16 needs an Ampere (sm_80) or newer GPU; this one is sm_{cap[0]}{cap[1]}. Use PR=fp16.")
 
 
-def resolve_backend(flash_attn: bool, precision: str) -> BackendChoice:
+def resolve_backend(flash_attn: bool, precision: str, *, equal_head_dims: bool = True) -> BackendChoice:
     """Pick the attention backend for the recipe switches ``FL`` and ``PR`` and log the choice."""
     check_precision(precision)
-    choice = choose_backend(flash_attn)
+    choice = choose_backend(flash_attn, equal_head_dims=equal_head_dims)
     log.info("attention backend: %s (FL=%s, PR=%s): %s; the model config forces attention_backend=%s",
              choice.attention, str(flash_attn).lower(), precision, choice.reason, choice.attn_backend)
     return choice
 
 
-def choose_backend(flash_attn: bool) -> BackendChoice:
-    """The backend ``FL=flash_attn`` gets on this machine, without the precision check or the log line."""
+def choose_backend(flash_attn: bool, *, equal_head_dims: bool = True) -> BackendChoice:
+    """The backend ``FL=flash_attn`` gets on this machine, without the precision check or the log line.
+
+    ``equal_head_dims=False`` (MLA: q/k heads wider than v heads): TE disables its flash-attn 2
+    path for such heads, so where FA2 would have been picked (A100/A800, Hopper without FA3) the
+    choice is TE's fused attention, which would otherwise be reported as te-flash and not run.
+    """
     cap = cuda_capability()
     if cap is None:
         return BackendChoice(False, "sdpa", "no CUDA GPU: PyTorch scaled_dot_product_attention")
@@ -107,10 +112,12 @@ def choose_backend(flash_attn: bool) -> BackendChoice:
         f"; FA3 skipped: {sm} is not Hopper" if cap != HOPPER else
         "; FA3 skipped: it runs inside Transformer Engine, which does not import" if fa3 else
         "; FA3 skipped: flash_attn_interface does not import")
-    if te and flash_attn and cap >= (8, 0) and importable("flash_attn"):
+    fa2 = te and flash_attn and cap >= (8, 0) and importable("flash_attn")
+    if fa2 and equal_head_dims:
         return BackendChoice(True, "te-flash", f"TE with flash-attn 2 on {sm}{skipped}")
     if te:
-        why = "FL=false" if not flash_attn else "flash-attn 2 unavailable"
+        why = ("FL=false" if not flash_attn else
+               "TE's flash-attn 2 needs equal q/k and v head dims (MLA)" if fa2 else "flash-attn 2 unavailable")
         return BackendChoice(True, "te-fused", f"TE fused (cuDNN) attention on {sm}, {why}{skipped}")
     return BackendChoice(False, "sdpa", f"Transformer Engine does not import: PyTorch SDPA on {sm}{skipped}")
 

@@ -147,3 +147,19 @@ def test_te_available_decides_on_its_pytorch_extension(monkeypatch):
     assert not base.te_available()
     monkeypatch.setitem(sys.modules, "transformer_engine.pytorch", types.ModuleType("transformer_engine.pytorch"))
     assert base.te_available()
+
+
+def test_mla_on_a100_takes_te_fused_not_flash(monkeypatch):
+    """TE disables flash-attn 2 when q/k and v head dims differ (DeepSeek-V2's MLA): A100/A800 get fused."""
+    from pai_patch.training.backend import backend_choice
+    from pai_patch.training.config import ModelSection, TrainConfig, TrainSection
+
+    monkeypatch.setattr(backends, "cuda_capability", lambda: (8, 0))
+    monkeypatch.setattr(backends, "te_available", lambda: True)
+    monkeypatch.setattr(backends, "importable", lambda name: True)
+    train = TrainSection(train_iters=10, precision="bf16", flash_attn=True)
+    mla = backend_choice(TrainConfig(model=ModelSection(family="deepseek_v2", size="A2.4B"), train=train))
+    assert (mla.attention, mla.attn_backend) == ("te-fused", "fused")
+    assert "equal q/k and v head dims" in mla.reason
+    dense = backend_choice(TrainConfig(model=ModelSection(family="qwen2_5", size="1.5B"), train=train))
+    assert (dense.attention, dense.attn_backend) == ("te-flash", "flash")

@@ -56,6 +56,11 @@ class ModelSize:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
+    @property
+    def attention_head_dims(self) -> tuple[int, int]:
+        """(query/key, value) width of one attention head: unequal under MLA, which some kernels refuse."""
+        return self.head_dim, self.head_dim
+
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
