@@ -74,9 +74,11 @@ def check_precision(precision: str) -> None:
     cap = cuda_capability()
     if precision == "fp8":
         where = "no CUDA GPU" if cap is None else f"a GPU with capability sm_{cap[0]}{cap[1]}"
-        if cap is None or cap < (8, 9):
-            raise ValueError(f"PR=fp8 needs a Hopper (sm_90) or Ada (sm_89) GPU with Transformer Engine; "
-                             f"this machine has {where}. Use PR=bf16.")
+        # Ada (sm_89) has fp8 GEMMs too, but the image builds TE for sm_80 and sm_90 only
+        # (docker/Dockerfile's TORCH_CUDA_ARCH_LIST): its fp8 kernels would fail there at run time
+        if cap is None or cap < HOPPER:
+            raise ValueError(f"PR=fp8 needs a Hopper (sm_90) GPU with Transformer Engine (the image builds TE for "
+                             f"sm_80 and sm_90 only); this machine has {where}. Use PR=bf16.")
         if not te_available():
             raise ValueError(f"PR=fp8 needs Transformer Engine, which does not import here ({where}); "
                              "use the pai-patch image (docker/README.md) or PR=bf16.")

@@ -163,3 +163,14 @@ def test_mla_on_a100_takes_te_fused_not_flash(monkeypatch):
     assert "equal q/k and v head dims" in mla.reason
     dense = backend_choice(TrainConfig(model=ModelSection(family="qwen2_5", size="1.5B"), train=train))
     assert (dense.attention, dense.attn_backend) == ("te-flash", "flash")
+
+
+def test_fp8_on_ada_is_refused_in_one_line(monkeypatch):
+    """The image builds TE for sm_80 and sm_90 only, so fp8 on an sm_89 GPU (L40S, 4090) stops up front."""
+    monkeypatch.setattr(backends, "cuda_capability", lambda: (8, 9))
+    monkeypatch.setattr(backends, "te_available", lambda: True)
+    with pytest.raises(ValueError, match=r"PR=fp8 needs a Hopper \(sm_90\).*sm_89") as err:
+        backends.check_precision("fp8")
+    assert "\n" not in str(err.value)
+    monkeypatch.setattr(backends, "cuda_capability", lambda: (9, 0))
+    backends.check_precision("fp8")
