@@ -6,9 +6,10 @@ the seeds' GBS/MBS), through the project's own trainer
 (:class:`pai_patch.training.loop.Trainer`: megatron-core DDP, the distributed optimizer with
 fp32 main weights, the pipeline schedule, the loss reduction), with whatever this machine has
 (PyTorch alone, or Transformer Engine / FA3 through :mod:`pai_patch.backends`).  MFU is model
-FLOPs (computed from the megatron-core config, attention included) over the bf16 matmul peak
-measured on this device, so the number means the same on an H100, an H800 or an H20.  The
-optimizer step is part of the step time but not of the FLOPs; its synchronised time is measured
+FLOPs (computed from the megatron-core config, attention included) over the device's datasheet
+dense peak (:mod:`bench.peaks`: 989 TFLOP/s bf16 on H100/H200), as Megatron-LM, PaLM and torchtitan
+report it; the bf16 matmul peak measured on this device is printed beside it as "achievable",
+with the share of it reached.  The optimizer step is part of the step time but not of the FLOPs; its synchronised time is measured
 on its own and reported as its share of the step.
 
 Each shape runs in its own process under its own time budget: a shape that runs out of
@@ -170,7 +171,8 @@ def layers_that_fit(fam: Any, size: Any, rt: Any, device_bytes: int) -> int:
 
 # ---- measurement -------------------------------------------------------------------------
 def matmul_peak_tflops(device: torch.device, n: int = 8192, iters: int = 50) -> float:
-    """Measured bf16 dense matmul throughput on random data: the denominator of MFU on this device."""
+    """Measured bf16 dense matmul throughput on random data: what is achievable on this device (not MFU's
+    denominator, which is the datasheet peak)."""
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     for _ in range(5):
@@ -394,13 +396,15 @@ def print_flop_model(args: argparse.Namespace, shapes: tuple[Shape, ...]) -> Non
 
 def environment(device: torch.device, peak: float | None) -> dict[str, Any]:
     """Date, device and software versions: the header of a results section."""
+    from bench.peaks import datasheet_peak
     from pai_patch.backends import choose_backend
     from pai_patch.doctor import environment as doctor_environment
 
     env = doctor_environment()
-    env.update(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), torch=torch.__version__,
-               device=torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
-               matmul_peak_tflops=peak, attention=dataclasses.asdict(choose_backend(True)))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    env.update(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), torch=torch.__version__, device=name,
+               datasheet_peak_tflops=datasheet_peak(name, "bf16"), matmul_peak_tflops=peak,
+               attention=dataclasses.asdict(choose_backend(True)))
     return env
 
 
@@ -452,13 +456,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_all(args: argparse.Namespace, shapes: tuple[Shape, ...]) -> int:
     """Peak, then every shape in its own budget; writes bench_gpu.json and prints the table."""
+    from bench.peaks import mfu
     from bench.record import render_table
     from pai_patch.utils import write_text_atomic
 
     device = torch.device(args.device)
     peak = matmul_peak_tflops(device) if device.type == "cuda" else None
     env = environment(device, peak)
-    print(f"\ndevice: {env['device']}" + (f", measured bf16 matmul peak {peak:.1f} TFLOP/s" if peak else ""))
+    datasheet = env["datasheet_peak_tflops"]
+    print(f"\ndevice: {env['device']}" + (f", datasheet dense bf16 peak {datasheet:.0f} TFLOP/s (MFU's denominator)"
+                                         if datasheet else "")
+          + (f", measured bf16 matmul peak {peak:.1f} TFLOP/s (achievable)" if peak else ""))
     print(f"date: {env['date']}, torch {torch.__version__}, seq {args.seq}, {args.accum} micro batches per step, "
           f"{args.steps} steps after {args.warmup} warm-up, per-shape budget {args.budget_s:.0f} s\n", flush=True)
     out = output_dir(args.out)
@@ -468,8 +476,9 @@ def run_all(args: argparse.Namespace, shapes: tuple[Shape, ...]) -> int:
     with open(out / "bench_gpu.log", "w", encoding="utf-8") as log:
         for shape in shapes:
             row = run_shape(shape, args, log)
-            if row.get("tflops") is not None and peak:
-                row["mfu"] = row["tflops"] / peak
+            if row.get("tflops") is not None:
+                row["mfu"] = mfu(row["tflops"], env["device"], row.get("precision", "bf16"))
+                row["of_achievable"] = row["tflops"] / peak if peak else None
             results["rows"].append(row)
             write_text_atomic(out / "bench_gpu.json", json.dumps(results, indent=2))
             print(f"{shape.label}: {row['status']}" + (f" ({row['error']})" if row.get("error") else ""), flush=True)
