@@ -39,3 +39,36 @@ def test_round_trip_tp2_ep2_is_bit_exact(hf_dirs: dict[str, Path], tmp_path: Pat
     if fmt == "legacy":  # two TP ranks x two EP ranks, experts split between the EP ranks
         files = sorted(p.parent.name for p in (tmp_path / "mcore").rglob("model_optim_rng.pt"))
         assert files == ["mp_rank_00_000", "mp_rank_00_001", "mp_rank_01_000", "mp_rank_01_001"]
+
+
+def te_spec_dist_keys(size) -> set[str]:  # noqa: ANN001 - a DeepseekV2Size
+    """The torch_dist keys the TE spec declares for ``size`` (its mapping's TE names), without building TE."""
+    keys = set()
+    for rule in FAMILY.weight_mapping().rules:
+        name = (rule.te or rule.dist or rule.mcore).replace("local_experts.{expert}.", "experts.")
+        for layer in range(size.num_layers) if "{layer}" in name else [None]:
+            if rule.applies(size, layer):
+                keys.add(name if layer is None else name.replace("{layer}", str(layer)))
+    return keys
+
+
+@pytest.mark.parametrize("variant", list(SIZES))
+def test_torch_dist_keys_translate_between_the_local_and_te_mla_specs(variant: str) -> None:
+    """A local-spec (CPU) torch_dist checkpoint loads into the TE spec and back: every key of the local
+    model's sharded state dict finds its TE name among the TE spec's keys, and the other way round."""
+    from pai_patch.convert.io import dist_key
+    from pai_patch.models.base import Runtime
+    from pai_patch.parallel import model_parallel
+
+    size = SIZES[variant]
+    with model_parallel():
+        sharded = FAMILY.build(size, Runtime(seq_length=64)).sharded_state_dict().values()
+    local = {s.key for s in sharded if not s.key.endswith("._extra_state")}  # objects; loaded when present
+    te = te_spec_dist_keys(size)
+    assert {"decoder.layers.0.self_attention.linear_kv_up_proj.layer_norm_weight",
+            "decoder.layers.0.mlp.linear_fc1.layer_norm_weight"} <= te - local
+    assert {"decoder.layers.0.self_attention.kv_layernorm.weight", "decoder.layers.0.pre_mlp_layernorm.weight"} \
+        <= local - te
+    assert [key for key in local if dist_key(key, te) is None] == []
+    assert [key for key in te if dist_key(key, local) is None] == []
+    assert dist_key("decoder.layers.1.pre_mlp_layernorm.weight", te) == "decoder.layers.1.pre_mlp_layernorm.weight"
