@@ -28,6 +28,7 @@ def test_reports_no_gpu_and_sdpa():
     assert "GPU                          none" in out.stdout
     assert "not available" in out.stdout
     assert "FL=true    sdpa" in out.stdout and "FL=false   sdpa" in out.stdout
+    assert "scaled_dot_product_attention (attention_backend=auto)" in out.stdout
     assert "megatron-core                0.16.1" in out.stdout
 
 
@@ -37,6 +38,7 @@ def test_json_output_parses_and_lists_every_package():
     report = json.loads(out.stdout)
     assert report["gpus"] == [] and report["cuda"] is None
     assert report["selected"]["attention"] == "sdpa" and report["selected"]["use_te"] is False
+    assert report["selected"]["attention_backend"] == "auto"  # what the model config forces
     for name in ("torch", "megatron-core", "transformer-engine", "flash-attn 2", "FA3 (flash_attn_interface)",
                  "apex", "deepspeed", "transformers", "lm-eval"):
         assert name in report["packages"]
