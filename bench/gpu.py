@@ -9,8 +9,8 @@ fp32 main weights, the pipeline schedule, the loss reduction), with whatever thi
 FLOPs (computed from the megatron-core config, attention included) over the device's datasheet
 dense peak (:mod:`bench.peaks`: 989 TFLOP/s bf16 on H100/H200), as Megatron-LM, PaLM and torchtitan
 report it; the bf16 matmul peak measured on this device is printed beside it as "achievable",
-with the share of it reached.  The optimizer step is part of the step time but not of the FLOPs; its synchronised time is measured
-on its own and reported as its share of the step.
+with the share of it reached.  The optimizer step is part of the step time but not of the FLOPs;
+its synchronised time is measured on its own and reported as its share of the step.
 
 Each shape runs in its own process under its own time budget: a shape that runs out of
 memory is retried with half the micro batch, then with full activation recompute; one that

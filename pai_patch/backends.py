@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import logging
 from dataclasses import dataclass
+
 import torch
 
 from pai_patch.models.base import PRECISIONS, te_available
