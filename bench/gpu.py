@@ -6,10 +6,11 @@ the seeds' GBS/MBS), through the project's own trainer
 (:class:`pai_patch.training.loop.Trainer`: megatron-core DDP, the distributed optimizer with
 fp32 main weights, the pipeline schedule, the loss reduction), with whatever this machine has
 (PyTorch alone, or Transformer Engine / FA3 through :mod:`pai_patch.backends`).  MFU is model
-FLOPs (computed from the megatron-core config, attention included) over the bf16 matmul peak
-measured on this device, so the number means the same on an H100, an H800 or an H20.  The
-optimizer step is part of the step time but not of the FLOPs; its synchronised time is measured
-on its own and reported as its share of the step.
+FLOPs (computed from the megatron-core config, attention included) over the device's datasheet
+dense peak (:mod:`bench.peaks`: 989 TFLOP/s bf16 on H100/H200), as Megatron-LM, PaLM and torchtitan
+report it; the bf16 matmul peak measured on this device is printed beside it as "achievable",
+with the share of it reached.  The optimizer step is part of the step time but not of the FLOPs;
+its synchronised time is measured on its own and reported as its share of the step.
 
 Each shape runs in its own process under its own time budget: a shape that runs out of
 memory is retried with half the micro batch, then with full activation recompute; one that
@@ -170,7 +171,8 @@ def layers_that_fit(fam: Any, size: Any, rt: Any, device_bytes: int) -> int:
 
 # ---- measurement -------------------------------------------------------------------------
 def matmul_peak_tflops(device: torch.device, n: int = 8192, iters: int = 50) -> float:
-    """Measured bf16 dense matmul throughput on random data: the denominator of MFU on this device."""
+    """Measured bf16 dense matmul throughput on random data: what is achievable on this device (not MFU's
+    denominator, which is the datasheet peak)."""
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     for _ in range(5):
@@ -246,17 +248,16 @@ def train_shape(shape: Shape, args: argparse.Namespace) -> dict[str, Any]:
     """Build ``shape`` in the trainer and time ``args.steps`` steps after ``args.warmup``; one result row."""
     import logging
 
-    from pai_patch.backends import choose_backend
     from pai_patch.models.attention import choose_sdpa_kernel
     from pai_patch.models.base import Runtime, padded_vocab_size
+    from pai_patch.training.backend import backend_choice
     from pai_patch.training.loop import Trainer
 
     logging.basicConfig(level=logging.WARNING)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    choice = choose_backend(flash_attn=True)
-    os.environ.update(choice.te_env())  # before TE's attention is first built
-    rt = Runtime(precision="bf16", seq_length=args.seq, use_te=choice.use_te, flash_attn=True)
+    # the backend does not change the FLOPs or the layers that fit; the trainer builds with its own
+    rt = Runtime(precision="bf16", seq_length=args.seq, flash_attn=True)
     device_bytes = int(args.memory_gib * 2**30) if args.memory_gib else (
         torch.cuda.get_device_properties(device).total_memory if cuda else None)
     loaded = load_shape(shape, rt, device_bytes)
@@ -266,20 +267,21 @@ def train_shape(shape: Shape, args: argparse.Namespace) -> dict[str, Any]:
     if size.name not in fam.sizes:  # the cut row, registered for this process only
         fam.sizes = {**fam.sizes, size.name: size}
     flops = sum(flop_model(cfg, padded_vocab_size(size.vocab_size), args.seq).values())
+    job = job_config(shape, size, args.micro_batch, args.seq, args.warmup + args.steps, args.recompute,
+                     "", accum=args.accum)
+    choice = backend_choice(job)  # what the trainer picks for this job, by the same function
     attention = choice.attention
     if cuda and attention == "sdpa":
-        qk = cfg.qk_head_dim + cfg.qk_pos_emb_head_dim if getattr(cfg, "multi_latent_attention", False) else cfg.kv_channels
-        kernel = choose_sdpa_kernel(qk, getattr(cfg, "v_head_dim", None) or qk, cfg.num_attention_heads,
-                                    cfg.num_query_groups or cfg.num_attention_heads, torch.bfloat16, device, masked=False)
+        qk, v = size.attention_head_dims
+        kernel = choose_sdpa_kernel(qk, v, cfg.num_attention_heads, cfg.num_query_groups or cfg.num_attention_heads,
+                                    torch.bfloat16, device, masked=False)
         attention = f"sdpa/{kernel.name}"
     step_tokens = args.micro_batch * args.accum * args.seq
     row = {"label": shape.label, "layers": size.num_layers, "micro_batch": args.micro_batch, "accum": args.accum,
            "global_batch_tokens": step_tokens, "recompute": args.recompute, "attention": attention,
            "attention_reason": choice.reason, "flops_per_token": flops}
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as scratch:
-        job = job_config(shape, size, args.micro_batch, args.seq, args.warmup + args.steps, args.recompute,
-                         scratch, accum=args.accum)
-        trainer = Trainer(job)
+        trainer = Trainer(dataclasses.replace(job, output_dir=scratch))
         batch = random_batch(size.vocab_size, args.micro_batch, args.seq, device)
         iterators = [itertools.repeat(batch) for _ in trainer.model]
         losses = [trainer.train_step(iterators)["loss"] for _ in range(args.warmup)]
@@ -292,7 +294,8 @@ def train_shape(shape: Shape, args: argparse.Namespace) -> dict[str, Any]:
         seconds = (time.perf_counter() - start) / args.steps
     tokens_s = step_tokens / seconds
     optimizer_s = sum(optimizer_seconds) / args.steps
-    row.update(status="ok", precision=trainer.rt.precision, adam=adam_implementation(trainer.optimizer),
+    row.update(status="ok", precision=trainer.rt.precision, attention_backend=trainer.rt.attention_backend,
+               adam=adam_implementation(trainer.optimizer),
                step_s=seconds, optimizer_s=optimizer_s, optimizer_share=optimizer_s / seconds,
                tokens_per_s=tokens_s, tflops=tokens_s * flops / 1e12, loss_first=losses[0], loss_last=losses[-1],
                peak_memory_gib=torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None)
@@ -393,13 +396,15 @@ def print_flop_model(args: argparse.Namespace, shapes: tuple[Shape, ...]) -> Non
 
 def environment(device: torch.device, peak: float | None) -> dict[str, Any]:
     """Date, device and software versions: the header of a results section."""
+    from bench.peaks import datasheet_peak
     from pai_patch.backends import choose_backend
     from pai_patch.doctor import environment as doctor_environment
 
     env = doctor_environment()
-    env.update(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), torch=torch.__version__,
-               device=torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
-               matmul_peak_tflops=peak, attention=dataclasses.asdict(choose_backend(True)))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    env.update(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), torch=torch.__version__, device=name,
+               datasheet_peak_tflops=datasheet_peak(name, "bf16"), matmul_peak_tflops=peak,
+               attention=dataclasses.asdict(choose_backend(True)))
     return env
 
 
@@ -451,13 +456,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_all(args: argparse.Namespace, shapes: tuple[Shape, ...]) -> int:
     """Peak, then every shape in its own budget; writes bench_gpu.json and prints the table."""
+    from bench.peaks import mfu
     from bench.record import render_table
     from pai_patch.utils import write_text_atomic
 
     device = torch.device(args.device)
     peak = matmul_peak_tflops(device) if device.type == "cuda" else None
     env = environment(device, peak)
-    print(f"\ndevice: {env['device']}" + (f", measured bf16 matmul peak {peak:.1f} TFLOP/s" if peak else ""))
+    datasheet = env["datasheet_peak_tflops"]
+    print(f"\ndevice: {env['device']}" + (f", datasheet dense bf16 peak {datasheet:.0f} TFLOP/s (MFU's denominator)"
+                                         if datasheet else "")
+          + (f", measured bf16 matmul peak {peak:.1f} TFLOP/s (achievable)" if peak else ""))
     print(f"date: {env['date']}, torch {torch.__version__}, seq {args.seq}, {args.accum} micro batches per step, "
           f"{args.steps} steps after {args.warmup} warm-up, per-shape budget {args.budget_s:.0f} s\n", flush=True)
     out = output_dir(args.out)
@@ -467,8 +476,9 @@ def run_all(args: argparse.Namespace, shapes: tuple[Shape, ...]) -> int:
     with open(out / "bench_gpu.log", "w", encoding="utf-8") as log:
         for shape in shapes:
             row = run_shape(shape, args, log)
-            if row.get("tflops") is not None and peak:
-                row["mfu"] = row["tflops"] / peak
+            if row.get("tflops") is not None:
+                row["mfu"] = mfu(row["tflops"], env["device"], row.get("precision", "bf16"))
+                row["of_achievable"] = row["tflops"] / peak if peak else None
             results["rows"].append(row)
             write_text_atomic(out / "bench_gpu.json", json.dumps(results, indent=2))
             print(f"{shape.label}: {row['status']}" + (f" ({row['error']})" if row.get("error") else ""), flush=True)

@@ -30,14 +30,17 @@ def _number(value: float | None, fmt: str) -> str:
 def render_table(results: dict[str, Any]) -> str:
     """One markdown row per shape: what ran, how fast, and why a shape did not run.
 
+    MFU divides by the datasheet dense peak (:mod:`bench.peaks`); "of achievable" by the matmul
+    peak measured on the device.
+
     The optimizer step is timed on its own (synchronised) and shown as its share of the step
     time; results from before gradient accumulation have no accum, global batch or share.
     """
     lines = ["| shape | layers | micro batch | accum | global batch (tokens) | recompute | precision | attention | "
-             "Adam | tokens/s/GPU | TFLOP/s/GPU | MFU | optimizer step | peak memory (GiB) | result |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "Adam | tokens/s/GPU | TFLOP/s/GPU | MFU | of achievable | optimizer step | peak memory (GiB) | result |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in results["rows"]:
-        mfu, share = row.get("mfu"), row.get("optimizer_share")
+        mfu, achievable, share = row.get("mfu"), row.get("of_achievable"), row.get("optimizer_share")
         result = row["status"] if row["status"] != "ok" else (
             f"ok, loss {row['loss_first']:.2f} → {row['loss_last']:.2f}")
         if row.get("error"):
@@ -47,7 +50,7 @@ def render_table(results: dict[str, Any]) -> str:
             str(row.get("accum", "")), _number(row.get("global_batch_tokens"), ","), str(row.get("recompute", "")),
             row.get("precision", ""), row.get("attention", ""), row.get("adam", ""),
             _number(row.get("tokens_per_s"), ",.0f"), _number(row.get("tflops"), ".1f"),
-            "" if mfu is None else f"{100 * mfu:.1f}%",
+            "" if mfu is None else f"{100 * mfu:.1f}%", "" if achievable is None else f"{100 * achievable:.1f}%",
             "" if share is None else f"{1000 * row['optimizer_s']:.0f} ms, {100 * share:.1f}%",
             _number(row.get("peak_memory_gib"), ".1f"), result.replace("|", "/") + " |"]))
     return "\n".join(lines)
@@ -59,14 +62,16 @@ def render_section(results: dict[str, Any]) -> str:
     packages = env.get("packages", {})
     versions = ", ".join(f"{name} {packages.get(name) or 'missing'}" for name in
                          ("megatron-core", "transformer-engine", "flash-attn 2", "FA3 (flash_attn_interface)"))
-    peak = env.get("matmul_peak_tflops")
+    peak, datasheet = env.get("matmul_peak_tflops"), env.get("datasheet_peak_tflops")
     attention = env.get("attention", {})
     return "\n".join([
         f"### {env['date']}, {env['device']}",
         "",
         f"torch {env['torch']} (CUDA {env.get('cuda') or 'none'}), python {env.get('python')}, {versions}. "
         f"Attention with FL=true: {attention.get('attention')} ({attention.get('reason')}).",
-        f"Measured bf16 matmul peak (8192³, random data): {_number(peak, '.1f') or 'n/a'} TFLOP/s. "
+        f"MFU is over the datasheet dense bf16 peak, {_number(datasheet, '.0f') or 'n/a'} TFLOP/s; "
+        f"of achievable: over the measured bf16 matmul peak (8192³, random data), {_number(peak, '.1f') or 'n/a'} "
+        "TFLOP/s. "
         f"seq {results['seq']}, accum {results.get('accum', 1)} (micro batches per optimizer step), "
         f"{results['steps']} timed steps after {results['warmup']} warm-up, distributed optimizer, random tokens.",
         "",

@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib
 import logging
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 
@@ -22,7 +21,9 @@ from pai_patch.models.base import PRECISIONS, te_available
 
 log = logging.getLogger(__name__)
 
-ATTENTION_BACKENDS = ("fa3", "te-flash", "te-fused", "sdpa")
+#: our attention backends, each with the megatron-core AttnBackend that forces it (TE 2.x prefers
+#: cuDNN fused attention over flash on sm90 when both are allowed, so flash must forbid fused)
+ATTENTION_BACKENDS = {"fa3": "flash", "te-flash": "flash", "te-fused": "fused", "sdpa": "auto"}
 HOPPER = (9, 0)
 #: where FA3's Python interface lives: its own wheel, or the seeds' hand-made `flashattn_hopper` folder
 FA3_MODULES = ("flash_attn_interface", "flash_attn_3.flash_attn_interface", "flashattn_hopper.flash_attn_interface")
@@ -36,16 +37,15 @@ class BackendChoice:
     attention: str
     reason: str
 
-    def te_env(self) -> Mapping[str, str]:
-        """Transformer Engine's switches that pin its attention to this choice (empty without TE).
+    @property
+    def attn_backend(self) -> str:
+        """The ``TransformerConfig.attention_backend`` (megatron-core ``AttnBackend`` name) that forces this choice.
 
-        TE picks among its own backends at run time; without these it may take a different
-        one than the one reported.  FA3 runs inside TE's flash path when TE is present.
+        megatron-core turns it into TE's ``NVTE_*_ATTN`` switches when the model is built, and asserts
+        they were not set otherwise, so the choice is expressed only here, never as environment
+        variables.  FA3 runs inside TE's flash path; without TE nothing is pinned (``auto``).
         """
-        if not self.use_te:
-            return {}
-        flash = self.attention in ("fa3", "te-flash")
-        return {"NVTE_FLASH_ATTN": "1" if flash else "0", "NVTE_FUSED_ATTN": "0" if flash else "1"}
+        return ATTENTION_BACKENDS[self.attention]
 
 
 def cuda_capability() -> tuple[int, int] | None:
@@ -75,9 +75,11 @@ def check_precision(precision: str) -> None:
     cap = cuda_capability()
     if precision == "fp8":
         where = "no CUDA GPU" if cap is None else f"a GPU with capability sm_{cap[0]}{cap[1]}"
-        if cap is None or cap < (8, 9):
-            raise ValueError(f"PR=fp8 needs a Hopper (sm_90) or Ada (sm_89) GPU with Transformer Engine; "
-                             f"this machine has {where}. Use PR=bf16.")
+        # Ada (sm_89) has fp8 GEMMs too, but the image builds TE for sm_80 and sm_90 only
+        # (docker/Dockerfile's TORCH_CUDA_ARCH_LIST): its fp8 kernels would fail there at run time
+        if cap is None or cap < HOPPER:
+            raise ValueError(f"PR=fp8 needs a Hopper (sm_90) GPU with Transformer Engine (the image builds TE for "
+                             f"sm_80 and sm_90 only); this machine has {where}. Use PR=bf16.")
         if not te_available():
             raise ValueError(f"PR=fp8 needs Transformer Engine, which does not import here ({where}); "
                              "use the pai-patch image (docker/README.md) or PR=bf16.")
@@ -85,17 +87,22 @@ def check_precision(precision: str) -> None:
         raise ValueError(f"PR=bf16 needs an Ampere (sm_80) or newer GPU; this one is sm_{cap[0]}{cap[1]}. Use PR=fp16.")
 
 
-def resolve_backend(flash_attn: bool, precision: str) -> BackendChoice:
+def resolve_backend(flash_attn: bool, precision: str, *, equal_head_dims: bool = True) -> BackendChoice:
     """Pick the attention backend for the recipe switches ``FL`` and ``PR`` and log the choice."""
     check_precision(precision)
-    choice = choose_backend(flash_attn)
-    log.info("attention backend: %s (FL=%s, PR=%s): %s", choice.attention, str(flash_attn).lower(),
-             precision, choice.reason)
+    choice = choose_backend(flash_attn, equal_head_dims=equal_head_dims)
+    log.info("attention backend: %s (FL=%s, PR=%s): %s; the model config forces attention_backend=%s",
+             choice.attention, str(flash_attn).lower(), precision, choice.reason, choice.attn_backend)
     return choice
 
 
-def choose_backend(flash_attn: bool) -> BackendChoice:
-    """The backend ``FL=flash_attn`` gets on this machine, without the precision check or the log line."""
+def choose_backend(flash_attn: bool, *, equal_head_dims: bool = True) -> BackendChoice:
+    """The backend ``FL=flash_attn`` gets on this machine, without the precision check or the log line.
+
+    ``equal_head_dims=False`` (MLA: q/k heads wider than v heads): TE disables its flash-attn 2
+    path for such heads, so where FA2 would have been picked (A100/A800, Hopper without FA3) the
+    choice is TE's fused attention, which would otherwise be reported as te-flash and not run.
+    """
     cap = cuda_capability()
     if cap is None:
         return BackendChoice(False, "sdpa", "no CUDA GPU: PyTorch scaled_dot_product_attention")
@@ -108,10 +115,12 @@ def choose_backend(flash_attn: bool) -> BackendChoice:
         f"; FA3 skipped: {sm} is not Hopper" if cap != HOPPER else
         "; FA3 skipped: it runs inside Transformer Engine, which does not import" if fa3 else
         "; FA3 skipped: flash_attn_interface does not import")
-    if te and flash_attn and cap >= (8, 0) and importable("flash_attn"):
+    fa2 = te and flash_attn and cap >= (8, 0) and importable("flash_attn")
+    if fa2 and equal_head_dims:
         return BackendChoice(True, "te-flash", f"TE with flash-attn 2 on {sm}{skipped}")
     if te:
-        why = "FL=false" if not flash_attn else "flash-attn 2 unavailable"
+        why = ("FL=false" if not flash_attn else
+               "TE's flash-attn 2 needs equal q/k and v head dims (MLA)" if fa2 else "flash-attn 2 unavailable")
         return BackendChoice(True, "te-fused", f"TE fused (cuDNN) attention on {sm}, {why}{skipped}")
     return BackendChoice(False, "sdpa", f"Transformer Engine does not import: PyTorch SDPA on {sm}{skipped}")
 

@@ -89,8 +89,10 @@ def environment() -> dict[str, Any]:
 
 
 def attention_table() -> dict[str, dict[str, Any]]:
-    """What FL=true and FL=false pick here (bf16, the recipes' default precision)."""
-    return {f"FL={str(fl).lower()}": dataclasses.asdict(backends.choose_backend(fl)) for fl in (True, False)}
+    """What FL=true and FL=false pick here (bf16, the recipes' default precision), with the
+    ``attention_backend`` the model config then forces."""
+    choices = {f"FL={str(fl).lower()}": backends.choose_backend(fl) for fl in (True, False)}
+    return {fl: {**dataclasses.asdict(c), "attention_backend": c.attn_backend} for fl, c in choices.items()}
 
 
 def problems_for(switches: dict[str, str]) -> list[str]:
@@ -137,7 +139,8 @@ def render(report: dict[str, Any]) -> str:
     lines = [f"{'python':28} {report['python']}", f"{'CUDA':28} {cuda}", f"{'GPU':28} {gpus}"]
     lines += [f"{name:28} {version or 'missing'}" for name, version in report["packages"].items()]
     lines.append("attention backend:")
-    lines += [f"  {fl:10} {c['attention']:9} {c['reason']}" for fl, c in report["attention"].items()]
+    lines += [f"  {fl:10} {c['attention']:9} {c['reason']} (attention_backend={c['attention_backend']})"
+              for fl, c in report["attention"].items()]
     if report["switches"]:
         lines.append("switches: " + " ".join(f"{k}={v}" for k, v in report["switches"].items()))
     lines += [f"error: {p}" for p in report["problems"]]

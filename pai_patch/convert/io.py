@@ -2,8 +2,9 @@
 
 ``torch_dist`` checkpoints load at any TP/PP/EP/VP through each chunk's
 ``sharded_state_dict()``; legacy ones hold one file per rank (its virtual-pipeline chunks
-as ``model0``, ``model1``, ...) and so must match the run's layout, as in Megatron-LM.  Tensors named for the other layer spec (TE's fused layer norms vs the local
-spec's separate ones) are renamed using every family's mapping, and ``_extra_state``
+as ``model0``, ``model1``, ...) and so must match the run's layout, as in Megatron-LM.  Tensors named
+for the other layer spec (TE's fused layer norms vs the local spec's separate ones) are renamed, in
+both formats, using every family's mapping, and ``_extra_state``
 entries (TE FP8 metadata) a checkpoint lacks are kept from the model.
 """
 
@@ -46,7 +47,8 @@ def _load_dist(chunks: list[torch.nn.Module], iter_dir: Path, strict: bool) -> N
             if isinstance(sharded, ShardedObject):
                 if sharded.unique_key in available:
                     wanted[name] = sharded
-            elif sharded.key in available:
+            elif (key := dist_key(sharded.key, available)) is not None:
+                sharded.key = key  # a fresh sharded dict: renaming it changes only what is read
                 wanted[name] = sharded
             else:
                 missing.append(sharded.key)
@@ -57,6 +59,19 @@ def _load_dist(chunks: list[torch.nn.Module], iter_dir: Path, strict: bool) -> N
     loaded = dist_checkpointing.load(request, str(iter_dir))
     for key, chunk in zip(request, chunks):
         _apply(chunk, loaded[key], strict=False)
+
+
+def dist_key(key: str, available: set[str]) -> str | None:
+    """The checkpoint's key for the model's ``key``: itself, else its name in the other layer spec.
+
+    megatron-core's dense local spec saves its norms under the TE names, but the MLA one does
+    not (DeepSeek-V2's ``kv_layernorm.weight`` vs TE's ``linear_kv_up_proj.layer_norm_weight``,
+    layer 0's ``pre_mlp_layernorm.weight`` vs ``mlp.linear_fc1.layer_norm_weight``).  None if
+    the checkpoint has neither.
+    """
+    if key in available:
+        return key
+    return next((renamed for renamed in _renames(key) if renamed in available), None)
 
 
 def _load_legacy(chunks: list[torch.nn.Module], iter_dir: Path, strict: bool) -> None:

@@ -24,6 +24,11 @@ if TYPE_CHECKING:  # heavy imports stay out of module import time (`make help`, 
 
 RECOMPUTE_MODES = ("false", "sel", "full", "offload")
 PRECISIONS = ("fp32", "fp16", "bf16", "fp8")
+#: the seeds' PR=fp8 (their launchers pass --bf16 --fp8-format hybrid --fp8-amax-compute-algo max
+#: --fp8-amax-history-len 1024): bf16 weights and activations, fp8 GEMMs with delayed scaling.  Not
+#: megatron's default recipe (amax history 1, most_recent), and not fp32 params, which would turn off
+#: every fused attention kernel in Transformer Engine.
+FP8_CONFIG = dict(fp8="hybrid", fp8_recipe="delayed", fp8_amax_history_len=1024, fp8_amax_compute_algo="max")
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,11 @@ class ModelSize:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
+    @property
+    def attention_head_dims(self) -> tuple[int, int]:
+        """(query/key, value) width of one attention head: unequal under MLA, which some kernels refuse."""
+        return self.head_dim, self.head_dim
+
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -72,21 +82,31 @@ class Runtime:
     recompute_layers: int = 1
     use_te: bool = False
     flash_attn: bool = False
+    #: megatron-core AttnBackend name the config forces (:attr:`pai_patch.backends.BackendChoice.attn_backend`)
+    attention_backend: str = "auto"
     seq_length: int = 4096
     init_std: float = 0.02
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def params_dtype(self) -> torch.dtype:
-        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
+        """Weights' dtype: fp8 keeps bf16 weights (TE casts to fp8 inside each GEMM)."""
+        return {"bf16": torch.bfloat16, "fp8": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
 
 
 def te_available() -> bool:
+    """True when Transformer Engine's PyTorch extension imports on a CUDA machine.
+
+    ``transformer_engine`` itself imports even when its compiled extension does not load (TE 2.x's
+    top level swallows that ImportError), so the decision is made on ``transformer_engine.pytorch``.
+    """
+    if not torch.cuda.is_available():
+        return False
     try:
-        import transformer_engine  # noqa: F401
+        import transformer_engine.pytorch  # noqa: F401
     except Exception:  # a broken TE install must not break the CPU path
         return False
-    return torch.cuda.is_available()
+    return True
 
 
 class ModelFamily:
@@ -135,6 +155,8 @@ class ModelFamily:
     # ---- megatron-core side ---------------------------------------------------------
     def config_kwargs(self, size: ModelSize, rt: Runtime) -> dict[str, Any]:
         """TransformerConfig arguments; families extend this (MLA, MoE)."""
+        from megatron.core.transformer.enums import AttnBackend
+
         on_gpu = torch.cuda.is_available()
         kwargs: dict[str, Any] = dict(
             num_layers=size.num_layers,
@@ -159,10 +181,10 @@ class ModelFamily:
             expert_model_parallel_size=rt.ep,
             expert_tensor_parallel_size=rt.etp,
             sequence_parallel=rt.sequence_parallel,
+            attention_backend=AttnBackend[rt.attention_backend],
             params_dtype=rt.params_dtype,
             bf16=rt.precision in ("bf16", "fp8"),
             fp16=rt.precision == "fp16",
-            fp8="hybrid" if rt.precision == "fp8" else None,
             pipeline_dtype=rt.params_dtype,
             use_cpu_initialization=not on_gpu,
             # Fused kernels are CUDA-only; on CPU megatron falls back to the unfused paths.
@@ -183,6 +205,8 @@ class ModelFamily:
         )
         if rt.pp0_layers is not None and rt.pp > 1:
             kwargs["num_layers_in_first_pipeline_stage"] = rt.pp0_layers
+        if rt.precision == "fp8":
+            kwargs.update(FP8_CONFIG)
         kwargs.update(recompute_kwargs(rt))
         kwargs.update(rt.extra)
         return kwargs

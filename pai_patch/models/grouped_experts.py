@@ -144,6 +144,8 @@ def why_not_grouped(experts: SequentialMLP, hidden: torch.Tensor) -> str | None:
         if hidden.dtype != torch.bfloat16 or torch.cuda.get_device_capability(hidden.device)[0] != 9:
             return f"torch._grouped_mm's fast kernel needs bf16 on sm90 ({hidden.dtype} on " \
                    f"sm{''.join(map(str, torch.cuda.get_device_capability(hidden.device)))})"
+    if not hasattr(torch, "_grouped_mm"):  # older torch builds (NGC 25.03's 2.7) lack it
+        return f"torch {torch.__version__} has no torch._grouped_mm"
     widths = {*hidden.shape[-1:], *first.linear_fc1.weight.shape, *first.linear_fc2.weight.shape}
     if any(w * hidden.element_size() % 16 for w in widths):
         return f"torch._grouped_mm needs rows of a multiple of 16 bytes; widths {sorted(widths)} in {hidden.dtype}"

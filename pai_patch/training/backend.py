@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
-import logging
-
-from pai_patch.models.base import te_available
+from pai_patch.backends import BackendChoice, resolve_backend
+from pai_patch.models.base import Runtime
 from pai_patch.training.config import TrainConfig
 
-log = logging.getLogger(__name__)
+
+def backend_choice(cfg: TrainConfig) -> BackendChoice:
+    """Validate the precision and pick (and log) the attention backend for this job's model."""
+    from pai_patch.models import get_family
+
+    family = get_family(cfg.model.family)
+    qk, v = family.size(cfg.model.size).attention_head_dims
+    return resolve_backend(cfg.train.flash_attn, cfg.train.precision, equal_head_dims=qk == v)
 
 
-def choose_backend(cfg: TrainConfig) -> bool:
-    """Validate precision and return whether to build with the Transformer Engine spec."""
-    from pai_patch.backends import check_precision, resolve_backend
+def backend_runtime(cfg: TrainConfig) -> Runtime:
+    """The runtime that builds the model with :func:`backend_choice`'s backend.
 
-    check_precision(cfg.train.precision)
-    choice = resolve_backend(cfg.train.flash_attn, cfg.train.precision)
-    log.info("attention backend: %s (%s)", choice.attention, choice.reason)
-    return choice.use_te and te_available()
+    The choice reaches the model as ``TransformerConfig.attention_backend`` (megatron-core sets
+    TE's switches from it), so the kernel that runs is the one that was logged.
+    """
+    choice = backend_choice(cfg)
+    return cfg.runtime(use_te=choice.use_te, attention_backend=choice.attn_backend)

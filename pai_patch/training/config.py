@@ -146,13 +146,14 @@ class TrainConfig:
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     output_dir: str = "output/run"
 
-    def runtime(self, *, use_te: bool = False) -> Runtime:
+    def runtime(self, *, use_te: bool = False, attention_backend: str = "auto") -> Runtime:
         p, t = self.parallel, self.train
         seq = self.data.pad_length if self.data.sft and self.data.pad_length else t.seq_length
         return Runtime(
             tp=p.tp, pp=p.pp, cp=p.cp, ep=p.ep, etp=p.etp, vp=p.vp, pp0_layers=p.pp0_layers,
             sequence_parallel=p.sequence_parallel, precision=t.precision, recompute=t.recompute,
-            recompute_layers=t.recompute_layers, use_te=use_te, flash_attn=t.flash_attn, seq_length=seq,
+            recompute_layers=t.recompute_layers, use_te=use_te, flash_attn=t.flash_attn,
+            attention_backend=attention_backend, seq_length=seq,
         )
 
     @property

@@ -180,7 +180,7 @@ class Trainer:
         from pai_patch.models import get_family
         from pai_patch.parallel import init_model_parallel, init_process_group, validate_layout, world_size_from_env
         from pai_patch.patches import apply_patches
-        from pai_patch.training.backend import choose_backend
+        from pai_patch.training.backend import backend_runtime
         from pai_patch.training.moe_stats import ExpertTokenCounter
         from pai_patch.training.data import tokenizer_for
         from pai_patch.training.vocab_check import check_vocabulary
@@ -188,8 +188,7 @@ class Trainer:
         self.cfg = cfg
         family = get_family(cfg.model.family)
         size = family.size(cfg.model.size)
-        use_te = choose_backend(cfg)
-        self.rt = _cpu_precision(cfg.runtime(use_te=use_te))
+        self.rt = _cpu_precision(backend_runtime(cfg))
         self.world = world_size_from_env()
         t = cfg.train
         layout = validate_layout(size, self.rt, self.world, global_batch=t.global_batch_size,

@@ -83,9 +83,11 @@ def deepseek_v2_mapping() -> WeightMapping:
             _glu(L + "mlp.shared_experts.linear_fc1.weight", H + "mlp.shared_experts.", when=_moe),
             TensorRule(L + "mlp.shared_experts.linear_fc2.weight", (H + "mlp.shared_experts.down_proj.weight",),
                        split=Split.ROW, when=_moe),
-            _glu(E + "linear_fc1.weight", HE, scope=Scope.EXPERT, when=_moe),
+            # TE's grouped experts (TEGroupedMLP) hold one GroupedLinear per projection: weight{e} per expert
+            _glu(E + "linear_fc1.weight", HE, scope=Scope.EXPERT, when=_moe,
+                 te=L + "mlp.experts.linear_fc1.weight{expert}"),
             TensorRule(E + "linear_fc2.weight", (HE + "down_proj.weight",), scope=Scope.EXPERT, split=Split.ROW,
-                       when=_moe),
+                       te=L + "mlp.experts.linear_fc2.weight{expert}", when=_moe),
             # ---- head
             TensorRule("decoder.final_layernorm.weight", ("model.norm.weight",), scope=Scope.MODEL, stage=Stage.LAST),
             TensorRule("output_layer.weight", ("lm_head.weight",), scope=Scope.MODEL, stage=Stage.LAST,

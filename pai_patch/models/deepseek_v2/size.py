@@ -45,6 +45,10 @@ class DeepseekV2Size(ModelSize):
     def head_dim(self) -> int:
         return self.qk_nope_head_dim
 
+    @property
+    def attention_head_dims(self) -> tuple[int, int]:
+        return self.qk_nope_head_dim + self.qk_rope_head_dim, self.v_head_dim
+
     def yarn_hf(self) -> dict[str, Any]:
         """The YaRN block of ``rope_parameters`` in transformers' spelling."""
         return {"factor": self.rope_factor, "mscale": self.mscale, "mscale_all_dim": self.mscale_all_dim,
