@@ -119,12 +119,35 @@ def test_bad_line_names_file_line_and_leaves_nothing(tmp_path, tok, line, reason
 
 def test_skip_bad_lines_counts_reasons(tmp_path, tok):
     src = _jsonl(tmp_path / "c.jsonl", [GOOD[0]] + [line for line, _ in BAD_LINES] + ["", GOOD[1]])
-    summary = preprocess_pretrain(src, tok, tmp_path / "out", skip_bad_lines=True, progress=False)
+    summary = preprocess_pretrain(src, tok, tmp_path / "out", skip_bad_lines=True, progress=False,
+                                  max_bad_fraction=1)
     assert summary.documents == 2
     assert summary.skipped == {"malformed JSON": 1, "missing key": 1, "non-string value": 2, "empty document": 1,
                                "not an object": 1}
     assert "2 non-string value" in str(summary)
     assert len(_tokens(tmp_path / "out_text_document")) == 2
+
+
+@pytest.mark.parametrize("preamble", [b"\xef\xbb\xbf", b"\xef\xbb\xbf\n \n", b" " * 100 + b"\n\n"])
+def test_json_array_after_a_bom_or_blanks_is_read_as_an_array(tmp_path, tok, preamble):
+    src = tmp_path / "a.json"
+    src.write_bytes(preamble + json.dumps(GOOD * 2 + [{"text": 1}], indent=1).encode())
+    summary = preprocess_pretrain(src, tok, tmp_path / "out", skip_bad_lines=True, progress=False,
+                                  max_bad_fraction=0.2)
+    assert summary.documents == 6 and summary.skipped == {"non-string value": 1}
+    with pytest.raises(BadRecord) as err:
+        preprocess_pretrain(src, tok, tmp_path / "out", progress=False)
+    assert err.value.line == preamble.count(b"\n") + 20  # the line of the bad element, counted from the file start
+
+
+def test_skipping_more_than_max_bad_fraction_stops_and_writes_nothing(tmp_path, tok):
+    src = _jsonl(tmp_path / "c.jsonl", [GOOD[0]] + ["{bad"] * 4)
+    with pytest.raises(ValueError, match=r"skipped 4 of 5 records \(80\.0%: 4 malformed JSON\), more than "
+                                         r"--max-bad-fraction 0\.5 allows"):
+        preprocess_pretrain(src, tok, tmp_path / "out", skip_bad_lines=True, progress=False, max_bad_fraction=0.5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl"]
+    assert preprocess_pretrain(src, tok, tmp_path / "out", skip_bad_lines=True, progress=False,
+                               max_bad_fraction=0.8).documents == 1
 
 
 def test_corrupt_gzip_is_fatal_even_when_skipping(tmp_path, tok):
@@ -181,7 +204,10 @@ def test_cli_pretrain_and_errors(tmp_path, capsys):
             str(tmp_path / "o"), "--append-eod", "--no-progress"]
     assert main(args) == 2
     assert f"error: {src}:4: non-string value" in capsys.readouterr().err
-    assert main(args + ["--skip-bad-lines", "--split-sentences", "no"]) == 0
+    assert main(args + ["--skip-bad-lines", "--split-sentences", "no"]) == 2
+    assert ("error: --skip-bad-lines skipped 1 of 4 records (25.0%: 1 non-string value), more than "
+            "--max-bad-fraction 0.01 allows") in capsys.readouterr().err
+    assert main(args + ["--skip-bad-lines", "--max-bad-fraction", "0.25", "--split-sentences", "no"]) == 0
     assert "3 documents" in capsys.readouterr().out
     assert main(args + ["--split-sentences"]) == 2
     assert main(["preprocess", "pretrain", "--input", str(src), "--tokenizer", str(tmp_path), "--output-prefix",
