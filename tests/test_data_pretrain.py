@@ -103,6 +103,7 @@ BAD_LINES = [
     ("{\"text\": [\"a\", \"b\"]}", "non-string value"),
     ("{\"text\": \"\"}", "empty document"),
     ("[1, 2]", "not an object"),
+    ("{\"text\": \"scraped \\ud800 text\"}", "invalid text"),  # a lone surrogate: no tokenizer encodes it
 ]
 
 
@@ -123,9 +124,16 @@ def test_skip_bad_lines_counts_reasons(tmp_path, tok):
                                   max_bad_fraction=1)
     assert summary.documents == 2
     assert summary.skipped == {"malformed JSON": 1, "missing key": 1, "non-string value": 2, "empty document": 1,
-                               "not an object": 1}
+                               "not an object": 1, "invalid text": 1}
     assert "2 non-string value" in str(summary)
     assert len(_tokens(tmp_path / "out_text_document")) == 2
+
+
+def test_skip_bad_lines_with_workers_skips_text_the_tokenizer_refuses(tmp_path, tok):
+    src = _jsonl(tmp_path / "c.jsonl", GOOD + [BAD_LINES[-1][0]])
+    summary = preprocess_pretrain(src, tok, tmp_path / "out", workers=2, skip_bad_lines=True, progress=False,
+                                  max_bad_fraction=0.25)
+    assert summary.documents == 3 and summary.skipped == {"invalid text": 1}
 
 
 @pytest.mark.parametrize("preamble", [b"\xef\xbb\xbf", b"\xef\xbb\xbf\n \n", b" " * 100 + b"\n\n"])

@@ -103,6 +103,16 @@ def test_bad_alpaca_records(tmp_path, tok, record, reason):
     assert summary.samples == 1 and summary.skipped == {reason: 1}
 
 
+def test_text_the_tokenizer_refuses_names_file_line_and_key(tmp_path, tok):
+    src = tmp_path / "d.jsonl"
+    src.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "a", "output": "scraped \\ud800"}\n')
+    with pytest.raises(BadRecord, match=rf"{src}:2: invalid text: 'output' holds a lone surrogate '\\ud800'"):
+        preprocess_sft(src, tok, tmp_path / "o", seq_length=32, progress=False)
+    summary = preprocess_sft(src, tok, tmp_path / "o", seq_length=32, skip_bad_lines=True, progress=False,
+                             max_bad_fraction=0.5)
+    assert summary.samples == 1 and summary.skipped == {"invalid text": 1}
+
+
 def test_bom_json_array_is_read_as_an_array(tmp_path, tok):
     src = tmp_path / "d.json"
     src.write_bytes(b"\xef\xbb\xbf\n" + json.dumps([{"instruction": "a", "output": "b"}] * 5, indent=1).encode())

@@ -173,6 +173,22 @@ def _read_text(stream: io.BufferedIOBase, size: int, path: Path, line: int) -> s
         raise BadRecord(str(path), line, "not UTF-8", str(err)) from None
 
 
+def checked_text(value: object, key: str, path: str, line: int) -> str:
+    """``value`` if it is a string the tokenizer can take; ``BadRecord`` naming ``key`` otherwise.
+
+    JSON's ``\\ud800`` escapes decode to lone surrogates, which no tokenizer encodes (the Rust
+    one raises a ``TypeError`` that names nothing); scraped text has them.
+    """
+    if not isinstance(value, str):
+        raise BadRecord(path, line, "non-string value", f"{key!r} holds a {type(value).__name__}, expected a string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise BadRecord(path, line, "invalid text", f"{key!r} holds a lone surrogate {value[err.start]!r} at "
+                        f"character {err.start}, expected valid Unicode (text a tokenizer can encode)") from None
+    return value
+
+
 def parse_line(path: str, line: int, payload: bytes, key: str) -> str | None:
     """The string under ``key`` of one JSON object; ``None`` for a blank line. Raise ``BadRecord`` otherwise."""
     if not payload.strip():
@@ -185,9 +201,7 @@ def parse_line(path: str, line: int, payload: bytes, key: str) -> str | None:
         raise BadRecord(path, line, "not an object", f"got a JSON {type(record).__name__}, expected an object with key {key!r}")
     if key not in record:
         raise BadRecord(path, line, "missing key", f"no {key!r} key (keys: {', '.join(list(record)[:8]) or 'none'})")
-    value = record[key]
-    if not isinstance(value, str):
-        raise BadRecord(path, line, "non-string value", f"{key!r} holds a {type(value).__name__}, expected a string")
+    value = checked_text(record[key], key, path, line)
     if not value:
         raise BadRecord(path, line, "empty document", f"{key!r} is an empty string")
     return value
