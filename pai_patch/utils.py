@@ -1,10 +1,12 @@
-"""Small shared helpers: atomic writes."""
+"""Small shared helpers: atomic writes, and the clean-up of what killed writers left behind."""
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -16,13 +18,17 @@ def atomic_path(final: str | os.PathLike, *, is_dir: bool = False) -> Iterator[P
 
     A crash or an exception leaves no partially written file or directory under the final
     name (the temporary one is removed), which is what lets readers trust what they find.
+    The temporary name carries this host and process id, so that a later write of ``final``
+    removes what a killed writer left (``remove_stale_temps``).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(final)
+    prefix = f"{_temp_prefix(final)}{socket.gethostname()}-{os.getpid()}-"
     if is_dir:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=final.parent))
     else:
-        fd, name = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
+        fd, name = tempfile.mkstemp(prefix=prefix, dir=final.parent)
         os.close(fd)
         tmp = Path(name)
     try:
@@ -38,6 +44,40 @@ def atomic_path(final: str | os.PathLike, *, is_dir: bool = False) -> Iterator[P
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def _temp_prefix(final: Path) -> str:
+    return f".{final.name}.tmp-"
+
+
+def process_alive(pid: int) -> bool:
+    """True while process ``pid`` exists on this host (one we may not signal counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(final: str | os.PathLike) -> None:
+    """Remove the temporaries of ``atomic_path(final)`` whose writer process is gone.
+
+    Only temporaries named with this host and a dead process id are touched: one that another
+    host writes (a shared file system) or that a live process still writes is kept, and so is
+    one without a writer in its name (left by an older version: its writer cannot be known).
+    """
+    final = Path(final)
+    prefix, host = _temp_prefix(final), socket.gethostname()
+    for tmp in final.parent.glob(glob.escape(prefix) + "*"):
+        writer = tmp.name[len(prefix):].rsplit("-", 2)
+        if len(writer) != 3 or writer[0] != host or not writer[1].isdigit() or process_alive(int(writer[1])):
+            continue
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
 
 
 def fsync_tree(path: Path) -> None:

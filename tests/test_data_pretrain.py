@@ -7,7 +7,9 @@ import json
 import functools
 import os
 import signal
+import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +158,32 @@ def test_skipping_more_than_max_bad_fraction_stops_and_writes_nothing(tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl"]
     assert preprocess_pretrain(src, tok, tmp_path / "out", skip_bad_lines=True, progress=False,
                                max_bad_fraction=0.8).documents == 1
+
+
+KILLED_WRITER = """
+import os, signal, sys
+from pai_patch.data import indexed
+from pai_patch.data.pretrain import preprocess_pretrain
+from pai_patch.data.tokenizer import load_tokenizer
+indexed.IndexedWriter.add_documents = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
+preprocess_pretrain(sys.argv[1], load_tokenizer("shipped"), sys.argv[2], progress=False)
+"""
+
+
+def test_rerun_removes_the_temps_of_a_killed_run_only(tmp_path, tok):
+    src = _jsonl(tmp_path / "c.jsonl", GOOD)
+    killed = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(src), str(tmp_path / "out")], cwd=ROOT)
+    assert killed.returncode == -signal.SIGKILL
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
+    assert [name.split(".tmp-")[0] for name in left] == [".out_text_document.bin", ".out_text_document.idx"]
+    host = socket.gethostname()
+    kept = [f".out_text_document.bin.tmp-{host}-{os.getpid()}-live0000",  # a writer still running
+            ".out_text_document.bin.tmp-otherhost-1-abcdefgh",  # another host's, on a shared file system
+            ".out_text_document.bin.tmp-oldname"]  # no writer in the name
+    for name in kept:
+        (tmp_path / name).touch()
+    preprocess_pretrain(src, tok, tmp_path / "out", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == sorted(kept)
 
 
 def test_corrupt_gzip_is_fatal_even_when_skipping(tmp_path, tok):
