@@ -78,6 +78,21 @@ CASES: list[tuple[str, list[str], str]] = [
     ("convert: HF checkpoint directory that does not exist",
      ["convert", "hf2mcore", "--model", "qwen2_5", "--size", "tiny", "--hf", "<tmp>/nohf", "--mcore", "<tmp>/mcore"],
      "error: <tmp>/nohf: no such directory (expected an HF checkpoint with *.safetensors)"),
+    ("preprocess: output prefix under a regular file",
+     ["preprocess", "pretrain", "--input", "<tmp>/scraped.jsonl", "--tokenizer", "shipped", "--output-prefix",
+      "<tmp>/bad.yaml/o"],
+     "error: <tmp>/bad.yaml/o_text_document.tokenizer.json: not a directory (ENOTDIR); <tmp>/bad.yaml is a regular "
+     "file, so nothing can be created under it"),
+    ("preprocess: text no tokenizer encodes (a lone surrogate)",
+     ["preprocess", "pretrain", "--input", "<tmp>/scraped.jsonl", "--tokenizer", "shipped", "--output-prefix",
+      "<tmp>/o", "--no-progress"],
+     "error: <tmp>/scraped.jsonl:2: invalid text: 'text' holds a lone surrogate '\\ud800' at character 8, expected "
+     "valid Unicode (text a tokenizer can encode)"),
+    ("preprocess: --skip-bad-lines skipping more than --max-bad-fraction of the records",
+     ["preprocess", "pretrain", "--input", "<tmp>/scraped.jsonl", "--tokenizer", "shipped", "--output-prefix",
+      "<tmp>/o", "--no-progress", "--skip-bad-lines"],
+     "error: --skip-bad-lines skipped 1 of 2 records (50.0%: 1 invalid text), more than --max-bad-fraction 0.01 "
+     "allows; nothing was written (fix the input, or raise --max-bad-fraction)"),
     ("train: job file that does not exist", ["train", "--config", "<tmp>/job.yaml"],
      "error: <tmp>/job.yaml: no such file"),
     ("train: job file with invalid YAML", ["train", "--config", "<tmp>/bad.yaml"],
@@ -177,6 +192,11 @@ def render_doc() -> str:
         "`<repo>` the repository root. Recipe stages were run with `DRY_RUN=1`. Set `PAI_PATCH_TRACEBACK=1` to get",
         "the whole traceback instead of the line (for an error that comes from deep inside a library).",
         "",
+        "A file system error in any command (full disk, quota, `ulimit -f`, read-only file system, missing",
+        "permission, an output path under a regular file) prints `error: <path>: <what the errno means> (<ERRNO>)`",
+        "and a hint: the free space, the regular file in the way, the directory to check; `convert hf2mcore`",
+        "checks the free space first and says how much it needs.",
+        "",
         "| bad input | command | message |",
         "|---|---|---|",
     ]
@@ -195,6 +215,7 @@ def render_doc() -> str:
 @pytest.fixture
 def inputs(tmp_path: Path) -> Path:
     (tmp_path / "bad.yaml").write_text("train: [unclosed\n")
+    (tmp_path / "scraped.jsonl").write_text('{"text": "fine"}\n{"text": "scraped \\ud800"}\n')
     finished = tmp_path / "out" / "pretrain" / "checkpoint"  # what a finished 100-iteration pretrain stage leaves
     finished.mkdir(parents=True)
     (finished / "latest_checkpointed_iteration.txt").write_text("100\n")

@@ -11,12 +11,14 @@ layer, not the model.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
 from tqdm import tqdm
 
 from pai_patch.convert import dist, legacy
@@ -25,7 +27,7 @@ from pai_patch.convert.layout import (Group, Item, StageMap, check_layout, full_
 from pai_patch.convert.mapping import Fuse, Scope, Split, WeightMapping
 from pai_patch.convert.safetensors_stream import INDEX, SafetensorsReader, ShardedSafetensorsWriter
 from pai_patch.models.base import ModelSize
-from pai_patch.utils import atomic_path
+from pai_patch.utils import atomic_path, require_space, short_write_error
 
 if TYPE_CHECKING:
     from pai_patch.models.base import ModelFamily
@@ -144,15 +146,20 @@ def hf_to_mcore(family: "ModelFamily", size_name: str | None, hf_dir: Path, out_
     model = Model.resolve(family, size_name, hf_dir)
     check_layout(model.size, model.mapping, tp, pp, ep, vp=vp, pp0_layers=pp0_layers)
     source = HfSource(model, hf_dir, DTYPES[dtype] if dtype else None)
+    require_space(out_dir, sum(math.prod(model.full_shape(item)) * source.out_dtype(item).itemsize
+                               for group in model.groups for item in group.items))
     with atomic_path(out_dir, is_dir=True) as tmp:
         iter_dir = legacy.iteration_dir(tmp, None)
         meta = {"family": family.name, "size": model.size.as_dict(), "tp": tp, "pp": pp, "ep": ep, "vp": vp,
                 "pp0_layers": pp0_layers if pp > 1 else None, "use_te": use_te}
-        if fmt == "torch_dist":
-            _write_dist(model, source, iter_dir, meta)
-        else:
-            layout = legacy.LegacyLayout(tp, pp, ep, vp or 1, meta["pp0_layers"])
-            _write_legacy(model, source, iter_dir, meta, layout, use_te)
+        try:
+            if fmt == "torch_dist":
+                _write_dist(model, source, iter_dir, meta)
+            else:
+                layout = legacy.LegacyLayout(tp, pp, ep, vp or 1, meta["pp0_layers"])
+                _write_legacy(model, source, iter_dir, meta, layout, use_te)
+        except (RuntimeError, CheckpointException) as err:  # torch's writer on a full disk: "unexpected pos 704 vs 598"
+            raise short_write_error(err, out_dir) or err from err
         (tmp / legacy.TRACKER).write_text("release")
     return model
 

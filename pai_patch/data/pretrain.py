@@ -195,11 +195,11 @@ def preprocess_pretrain(inputs, tokenizer, output_prefix: str | os.PathLike, *, 
     summary = Summary(prefix, files=len(files))
     offsets = {str(p): 0 for p in files}
     start = time.perf_counter()
+    remove_sidecar(prefix)  # first write under the output prefix: a bad prefix fails before the progress bar
     bar = tqdm(total=sum(p.stat().st_size for p in files), unit="B", unit_scale=True, desc="preprocess",
                disable=not progress, mininterval=1.0)
     skipped: collections.Counter = collections.Counter()
     max_token_id = -1
-    remove_sidecar(prefix)
     with bar, atomic_writers({"tokens": (prefix, dtype)}) as writers:
         for enc in _encoded_chunks(files, encoder, workers):
             writers["tokens"].add_documents(enc.tokens, enc.lengths)
