@@ -89,3 +89,14 @@ def test_dlc_launch_reads_the_platform_environment() -> None:
     assert "--nproc_per_node 8 --nnodes 4 --node_rank 2 --master_addr 10.0.0.1 --master_port 23456" in joined
     with pytest.raises(ConfigError, match="WORLD_SIZE, RANK, MASTER_ADDR not set"):
         train_command(recipe, "job.yaml", {})
+
+
+@pytest.mark.parametrize("name", available())
+def test_a_learning_rate_megatron_would_assert_on_stops_the_pipeline_before_any_stage(name, tmp_path, capsys,
+                                                                                      monkeypatch) -> None:
+    from pai_patch.recipes.stages import run_stage
+
+    monkeypatch.setenv("DRY_RUN", "1")
+    with pytest.raises(ConfigError, match=r"optim\.lr \(1e-06\) is below optim\.min_lr \(0\.0002\)"):
+        run_stage("pipeline", [f"recipe={name}", f"output={tmp_path}", "sft.optim.lr=1e-6"])
+    assert capsys.readouterr().out == ""  # not even the data stage started

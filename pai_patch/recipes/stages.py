@@ -306,6 +306,9 @@ RUNNERS: dict[str, Callable[[Recipe, Paths], None]] = {
 def run_stage(stage: str, overrides: list[str]) -> None:
     recipe = load_recipe(_recipe_name(overrides), overrides)
     p = paths(recipe, planned=stage == "pipeline" and dry_run())
+    if stage == "pipeline":  # a bad training setting stops the pipeline before data and convert, not after them
+        for name in ("pretrain", "sft"):
+            train_config(recipe, name, p)
     for name in STAGES if stage == "pipeline" else (stage,):
         print(f"== {recipe.recipe} {recipe.model.size}: {name} ({p.root})", flush=True)
         RUNNERS[name](recipe, p)
