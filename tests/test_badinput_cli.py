@@ -100,6 +100,15 @@ CASES: list[tuple[str, list[str], str]] = [
       "<tmp>/o", "--no-progress", "--skip-bad-lines"],
      "error: --skip-bad-lines skipped 1 of 2 records (50.0%: 1 invalid text), more than --max-bad-fraction 0.01 "
      "allows; nothing was written (fix the input, or raise --max-bad-fraction)"),
+    ("convert: config.json that is not JSON", ["convert", "hf2mcore", "--hf", "<tmp>/notjson", "--mcore", "<tmp>/m"],
+     "error: <tmp>/notjson/config.json:2: not valid JSON (Expecting property name enclosed in double quotes); "
+     "expected an HF config.json"),
+    ("convert: config.json without a key the model's shape needs",
+     ["convert", "hf2mcore", "--hf", "<tmp>/nokey", "--mcore", "<tmp>/m"],
+     "error: <tmp>/nokey/config.json: no 'num_attention_heads' key, which the shape of a qwen2_5 model needs"),
+    ("convert: config.json with an impossible shape",
+     ["convert", "hf2mcore", "--hf", "<tmp>/badshape", "--mcore", "<tmp>/m"],
+     "error: <tmp>/badshape/config.json: num_attention_heads (4) is not a multiple of num_key_value_heads (3)"),
     ("train: job file that does not exist", ["train", "--config", "<tmp>/job.yaml"],
      "error: <tmp>/job.yaml: no such file"),
     ("train: job file with invalid YAML", ["train", "--config", "<tmp>/bad.yaml"],
@@ -224,6 +233,14 @@ def render_doc() -> str:
 @pytest.fixture
 def inputs(tmp_path: Path) -> Path:
     (tmp_path / "bad.yaml").write_text("train: [unclosed\n")
+    configs = {"notjson": '{"architectures": ["Qwen2ForCausalLM"],\n "hidden_size": 64,,\n}',
+               "nokey": '{"architectures": ["Qwen2ForCausalLM"], "hidden_size": 64}',
+               "badshape": '{"architectures": ["Qwen2ForCausalLM"], "hidden_size": 64, "num_hidden_layers": 2, '
+                           '"num_attention_heads": 4, "num_key_value_heads": 3, "intermediate_size": 128, '
+                           '"vocab_size": 1000}'}
+    for name, text in configs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(text)
     (tmp_path / "scraped.jsonl").write_text('{"text": "fine"}\n{"text": "scraped \\ud800"}\n')
     finished = tmp_path / "out" / "pretrain" / "checkpoint"  # what a finished 100-iteration pretrain stage leaves
     finished.mkdir(parents=True)

@@ -26,7 +26,7 @@ from pai_patch.convert.layout import (Group, Item, StageMap, check_layout, full_
                                       local_expert, shard, to_hf, to_mcore, unshard)
 from pai_patch.convert.mapping import Fuse, Scope, Split, WeightMapping
 from pai_patch.convert.safetensors_stream import INDEX, SafetensorsReader, ShardedSafetensorsWriter
-from pai_patch.models.base import ModelSize
+from pai_patch.models.base import ModelSize, read_hf_config
 from pai_patch.utils import atomic_path, require_space, short_write_error
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ class Model:
         if size_name:
             size = family.size(size_name)
         elif config.exists():
-            size = family.size_from_hf(json.loads(config.read_text()))
+            size = family.size_from_config(config)
         else:
             raise FileNotFoundError(f"{config}: missing, and no --size given to know the model's shape")
         mapping = family.weight_mapping()
@@ -378,7 +378,7 @@ def _copy_hf_side(source_hf: Path, out: Path, dtype: torch.dtype) -> None:
     for path in source_hf.iterdir():
         if path.is_file() and not path.name.endswith(WEIGHT_SUFFIXES) and path.name not in (INDEX, "config.json"):
             shutil.copy2(path, out / path.name)
-    config = json.loads((source_hf / "config.json").read_text())
+    config = read_hf_config(source_hf / "config.json")
     name = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
     config["torch_dtype" if "torch_dtype" in config else "dtype"] = name
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
