@@ -8,10 +8,13 @@ table is the only place that lists them, so commands load lazily (``--help`` and
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
+import shutil
 import sys
 import warnings
+from pathlib import Path
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("pai_patch.models.cli", "inspect model families and sizes"),
@@ -69,6 +72,53 @@ class CliError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
+#: what an errno means for the path it names, where ``os.strerror`` alone does not say what to do
+ERRNO_MEANINGS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large (over the file system's or `ulimit -f`'s limit)",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOTDIR: "not a directory",
+    errno.EISDIR: "is a directory, expected a file",
+}
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line for an ``OSError``: the path, what its errno means there, and what would help.
+
+    Raised by ``open``/``mkdir``/``write`` anywhere below a command, the exception names the
+    path but its text (``[Errno 28] No space left on device: 'x'``) says neither which part of a
+    path is wrong nor how much room there is; this is the one place that does, for every command.
+    """
+    from pai_patch.utils import existing_ancestor, mib
+
+    if err.errno is None:  # raised with a message of ours (FileNotFoundError("<path>: ..."))
+        return str(err)
+    name = errno.errorcode.get(err.errno, str(err.errno))
+    ours = err.strerror and err.strerror != os.strerror(err.errno)  # e.g. require_space's "needs N MiB"
+    meaning = err.strerror if ours else ERRNO_MEANINGS.get(err.errno, (err.strerror or type(err).__name__).lower())
+    path = Path(os.fsdecode(err.filename)) if err.filename is not None else None
+    text = f"{path}: {meaning} ({name})" if path else f"{meaning} ({name})"
+    if ours or path is None:
+        return text
+    if err.errno in (errno.ENOTDIR, errno.EEXIST):
+        blocker = next((p for p in (path, *path.parents) if p.is_file()), None)
+        if blocker is not None and blocker != path:
+            text += f"; {blocker} is a regular file, so nothing can be created under it"
+        elif blocker == path and err.errno == errno.EEXIST:
+            text += "; it is a regular file where a directory is needed"
+    elif err.errno in (errno.ENOSPC, errno.EDQUOT):
+        try:
+            text += f"; {mib(shutil.disk_usage(existing_ancestor(path)).free)} free on its file system"
+        except OSError:
+            pass
+    elif err.errno in (errno.EACCES, errno.EPERM):
+        text += f"; check the owner and mode of {existing_ancestor(path)}"
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     quiet_known_warnings()
@@ -94,9 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     args = cmd_parser.parse_args(rest)
     try:
         return int(module.run(args) or 0)
-    except (CliError, KeyError, ValueError, FileNotFoundError, ChildProcessError) as err:
+    except (CliError, KeyError, ValueError, OSError, ChildProcessError) as err:
         if os.environ.get("PAI_PATCH_TRACEBACK", "0") not in ("", "0"):
             raise  # the whole traceback, for an error whose one line is not enough
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        if isinstance(err, OSError):
+            message = describe_os_error(err)
+        else:
+            message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {message}", file=sys.stderr)
         return 2

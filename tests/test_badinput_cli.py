@@ -61,6 +61,13 @@ CASES: list[tuple[str, list[str], str]] = [
      "error: train.seq_length must be >= 1"),
     ("recipe: impossible parallel layout", ["stage", "pretrain", "recipe=qwen2_5", "tp=3"],
      "error: invalid parallel layout: TP=3 must divide the attention heads (4)"),
+    ("recipe: learning rate below the recipe's min_lr (a fine-tuning override)",
+     ["stage", "sft", "recipe=qwen2_5", "sft.optim.lr=1e-6"],
+     "error: optim.lr (1e-06) is below optim.min_lr (0.0002); the schedule decays lr down to min_lr, so set "
+     "optim.min_lr at most lr"),
+    ("recipe: a bad sft setting stops the pipeline before its first stage",
+     ["stage", "pipeline", "recipe=qwen2_5", "sft.optim.beta2=1"],
+     "error: optim.beta2: expected 0 <= beta2 < 1, got 1"),
     ("recipe: override without a value", ["stage", "pretrain", "recipe=qwen2_5", "pretrain.train"],
      "error: override 'pretrain.train' must look like key=value"),
     ("recipe: unknown recipe", ["stage", "pretrain", "recipe=nosuch"],
@@ -78,12 +85,38 @@ CASES: list[tuple[str, list[str], str]] = [
     ("convert: HF checkpoint directory that does not exist",
      ["convert", "hf2mcore", "--model", "qwen2_5", "--size", "tiny", "--hf", "<tmp>/nohf", "--mcore", "<tmp>/mcore"],
      "error: <tmp>/nohf: no such directory (expected an HF checkpoint with *.safetensors)"),
+    ("preprocess: output prefix under a regular file",
+     ["preprocess", "pretrain", "--input", "<tmp>/scraped.jsonl", "--tokenizer", "shipped", "--output-prefix",
+      "<tmp>/bad.yaml/o"],
+     "error: <tmp>/bad.yaml/o_text_document.tokenizer.json: not a directory (ENOTDIR); <tmp>/bad.yaml is a regular "
+     "file, so nothing can be created under it"),
+    ("preprocess: text no tokenizer encodes (a lone surrogate)",
+     ["preprocess", "pretrain", "--input", "<tmp>/scraped.jsonl", "--tokenizer", "shipped", "--output-prefix",
+      "<tmp>/o", "--no-progress"],
+     "error: <tmp>/scraped.jsonl:2: invalid text: 'text' holds a lone surrogate '\\ud800' at character 8, expected "
+     "valid Unicode (text a tokenizer can encode)"),
+    ("preprocess: --skip-bad-lines skipping more than --max-bad-fraction of the records",
+     ["preprocess", "pretrain", "--input", "<tmp>/scraped.jsonl", "--tokenizer", "shipped", "--output-prefix",
+      "<tmp>/o", "--no-progress", "--skip-bad-lines"],
+     "error: --skip-bad-lines skipped 1 of 2 records (50.0%: 1 invalid text), more than --max-bad-fraction 0.01 "
+     "allows; nothing was written (fix the input, or raise --max-bad-fraction)"),
+    ("convert: config.json that is not JSON", ["convert", "hf2mcore", "--hf", "<tmp>/notjson", "--mcore", "<tmp>/m"],
+     "error: <tmp>/notjson/config.json:2: not valid JSON (Expecting property name enclosed in double quotes); "
+     "expected an HF config.json"),
+    ("convert: config.json without a key the model's shape needs",
+     ["convert", "hf2mcore", "--hf", "<tmp>/nokey", "--mcore", "<tmp>/m"],
+     "error: <tmp>/nokey/config.json: no 'num_attention_heads' key, which the shape of a qwen2_5 model needs"),
+    ("convert: config.json with an impossible shape",
+     ["convert", "hf2mcore", "--hf", "<tmp>/badshape", "--mcore", "<tmp>/m"],
+     "error: <tmp>/badshape/config.json: num_attention_heads (4) is not a multiple of num_key_value_heads (3)"),
     ("train: job file that does not exist", ["train", "--config", "<tmp>/job.yaml"],
      "error: <tmp>/job.yaml: no such file"),
     ("train: job file with invalid YAML", ["train", "--config", "<tmp>/bad.yaml"],
      "error: <tmp>/bad.yaml:2: invalid YAML (expected ',' or ']', but got '<stream end>')"),
     ("train: value outside its choices", ["train", "train.precision=fp64"],
      "error: train.precision: 'fp64' is not one of fp32, fp16, bf16, fp8"),
+    ("train: negative weight decay", ["train", "optim.weight_decay=-0.1"],
+     "error: optim.weight_decay: expected a finite number >= 0, got -0.1"),
     ("train: conflicting budget", ["train", "train.train_iters=5", "train.train_tokens=100"],
      "error: train: give exactly one of train_iters or train_tokens"),
     ("train: unknown model family", ["train", "model.family=gpt5"],
@@ -177,6 +210,11 @@ def render_doc() -> str:
         "`<repo>` the repository root. Recipe stages were run with `DRY_RUN=1`. Set `PAI_PATCH_TRACEBACK=1` to get",
         "the whole traceback instead of the line (for an error that comes from deep inside a library).",
         "",
+        "A file system error in any command (full disk, quota, `ulimit -f`, read-only file system, missing",
+        "permission, an output path under a regular file) prints `error: <path>: <what the errno means> (<ERRNO>)`",
+        "and a hint: the free space, the regular file in the way, the directory to check; `convert hf2mcore`",
+        "checks the free space first and says how much it needs.",
+        "",
         "| bad input | command | message |",
         "|---|---|---|",
     ]
@@ -195,6 +233,15 @@ def render_doc() -> str:
 @pytest.fixture
 def inputs(tmp_path: Path) -> Path:
     (tmp_path / "bad.yaml").write_text("train: [unclosed\n")
+    configs = {"notjson": '{"architectures": ["Qwen2ForCausalLM"],\n "hidden_size": 64,,\n}',
+               "nokey": '{"architectures": ["Qwen2ForCausalLM"], "hidden_size": 64}',
+               "badshape": '{"architectures": ["Qwen2ForCausalLM"], "hidden_size": 64, "num_hidden_layers": 2, '
+                           '"num_attention_heads": 4, "num_key_value_heads": 3, "intermediate_size": 128, '
+                           '"vocab_size": 1000}'}
+    for name, text in configs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(text)
+    (tmp_path / "scraped.jsonl").write_text('{"text": "fine"}\n{"text": "scraped \\ud800"}\n')
     finished = tmp_path / "out" / "pretrain" / "checkpoint"  # what a finished 100-iteration pretrain stage leaves
     finished.mkdir(parents=True)
     (finished / "latest_checkpointed_iteration.txt").write_text("100\n")

@@ -7,7 +7,9 @@ import json
 import functools
 import os
 import signal
+import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +105,7 @@ BAD_LINES = [
     ("{\"text\": [\"a\", \"b\"]}", "non-string value"),
     ("{\"text\": \"\"}", "empty document"),
     ("[1, 2]", "not an object"),
+    ("{\"text\": \"scraped \\ud800 text\"}", "invalid text"),  # a lone surrogate: no tokenizer encodes it
 ]
 
 
@@ -119,12 +122,68 @@ def test_bad_line_names_file_line_and_leaves_nothing(tmp_path, tok, line, reason
 
 def test_skip_bad_lines_counts_reasons(tmp_path, tok):
     src = _jsonl(tmp_path / "c.jsonl", [GOOD[0]] + [line for line, _ in BAD_LINES] + ["", GOOD[1]])
-    summary = preprocess_pretrain(src, tok, tmp_path / "out", skip_bad_lines=True, progress=False)
+    summary = preprocess_pretrain(src, tok, tmp_path / "out", skip_bad_lines=True, progress=False,
+                                  max_bad_fraction=1)
     assert summary.documents == 2
     assert summary.skipped == {"malformed JSON": 1, "missing key": 1, "non-string value": 2, "empty document": 1,
-                               "not an object": 1}
+                               "not an object": 1, "invalid text": 1}
     assert "2 non-string value" in str(summary)
     assert len(_tokens(tmp_path / "out_text_document")) == 2
+
+
+def test_skip_bad_lines_with_workers_skips_text_the_tokenizer_refuses(tmp_path, tok):
+    src = _jsonl(tmp_path / "c.jsonl", GOOD + [BAD_LINES[-1][0]])
+    summary = preprocess_pretrain(src, tok, tmp_path / "out", workers=2, skip_bad_lines=True, progress=False,
+                                  max_bad_fraction=0.25)
+    assert summary.documents == 3 and summary.skipped == {"invalid text": 1}
+
+
+@pytest.mark.parametrize("preamble", [b"\xef\xbb\xbf", b"\xef\xbb\xbf\n \n", b" " * 100 + b"\n\n"])
+def test_json_array_after_a_bom_or_blanks_is_read_as_an_array(tmp_path, tok, preamble):
+    src = tmp_path / "a.json"
+    src.write_bytes(preamble + json.dumps(GOOD * 2 + [{"text": 1}], indent=1).encode())
+    summary = preprocess_pretrain(src, tok, tmp_path / "out", skip_bad_lines=True, progress=False,
+                                  max_bad_fraction=0.2)
+    assert summary.documents == 6 and summary.skipped == {"non-string value": 1}
+    with pytest.raises(BadRecord) as err:
+        preprocess_pretrain(src, tok, tmp_path / "out", progress=False)
+    assert err.value.line == preamble.count(b"\n") + 20  # the line of the bad element, counted from the file start
+
+
+def test_skipping_more_than_max_bad_fraction_stops_and_writes_nothing(tmp_path, tok):
+    src = _jsonl(tmp_path / "c.jsonl", [GOOD[0]] + ["{bad"] * 4)
+    with pytest.raises(ValueError, match=r"skipped 4 of 5 records \(80\.0%: 4 malformed JSON\), more than "
+                                         r"--max-bad-fraction 0\.5 allows"):
+        preprocess_pretrain(src, tok, tmp_path / "out", skip_bad_lines=True, progress=False, max_bad_fraction=0.5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl"]
+    assert preprocess_pretrain(src, tok, tmp_path / "out", skip_bad_lines=True, progress=False,
+                               max_bad_fraction=0.8).documents == 1
+
+
+KILLED_WRITER = """
+import os, signal, sys
+from pai_patch.data import indexed
+from pai_patch.data.pretrain import preprocess_pretrain
+from pai_patch.data.tokenizer import load_tokenizer
+indexed.IndexedWriter.add_documents = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
+preprocess_pretrain(sys.argv[1], load_tokenizer("shipped"), sys.argv[2], progress=False)
+"""
+
+
+def test_rerun_removes_the_temps_of_a_killed_run_only(tmp_path, tok):
+    src = _jsonl(tmp_path / "c.jsonl", GOOD)
+    killed = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(src), str(tmp_path / "out")], cwd=ROOT)
+    assert killed.returncode == -signal.SIGKILL
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
+    assert [name.split(".tmp-")[0] for name in left] == [".out_text_document.bin", ".out_text_document.idx"]
+    host = socket.gethostname()
+    kept = [f".out_text_document.bin.tmp-{host}-{os.getpid()}-live0000",  # a writer still running
+            ".out_text_document.bin.tmp-otherhost-1-abcdefgh",  # another host's, on a shared file system
+            ".out_text_document.bin.tmp-oldname"]  # no writer in the name
+    for name in kept:
+        (tmp_path / name).touch()
+    preprocess_pretrain(src, tok, tmp_path / "out", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == sorted(kept)
 
 
 def test_corrupt_gzip_is_fatal_even_when_skipping(tmp_path, tok):
@@ -181,7 +240,10 @@ def test_cli_pretrain_and_errors(tmp_path, capsys):
             str(tmp_path / "o"), "--append-eod", "--no-progress"]
     assert main(args) == 2
     assert f"error: {src}:4: non-string value" in capsys.readouterr().err
-    assert main(args + ["--skip-bad-lines", "--split-sentences", "no"]) == 0
+    assert main(args + ["--skip-bad-lines", "--split-sentences", "no"]) == 2
+    assert ("error: --skip-bad-lines skipped 1 of 4 records (25.0%: 1 non-string value), more than "
+            "--max-bad-fraction 0.01 allows") in capsys.readouterr().err
+    assert main(args + ["--skip-bad-lines", "--max-bad-fraction", "0.25", "--split-sentences", "no"]) == 0
     assert "3 documents" in capsys.readouterr().out
     assert main(args + ["--split-sentences"]) == 2
     assert main(["preprocess", "pretrain", "--input", str(src), "--tokenizer", str(tmp_path), "--output-prefix",

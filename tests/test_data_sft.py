@@ -95,8 +95,29 @@ def test_bad_alpaca_records(tmp_path, tok, record, reason):
         preprocess_sft(src, tok, tmp_path / "o", seq_length=32, progress=False)
     assert err.value.reason == reason and err.value.line == 6 and str(err.value).startswith(f"{src}:6:")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.json"]
-    summary = preprocess_sft(src, tok, tmp_path / "o", seq_length=32, skip_bad_lines=True, progress=False)
+    with pytest.raises(ValueError, match=r"skipped 1 of 2 records \(50\.0%"):
+        preprocess_sft(src, tok, tmp_path / "o", seq_length=32, skip_bad_lines=True, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.json"]
+    summary = preprocess_sft(src, tok, tmp_path / "o", seq_length=32, skip_bad_lines=True, progress=False,
+                             max_bad_fraction=0.5)
     assert summary.samples == 1 and summary.skipped == {reason: 1}
+
+
+def test_text_the_tokenizer_refuses_names_file_line_and_key(tmp_path, tok):
+    src = tmp_path / "d.jsonl"
+    src.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "a", "output": "scraped \\ud800"}\n')
+    with pytest.raises(BadRecord, match=rf"{src}:2: invalid text: 'output' holds a lone surrogate '\\ud800'"):
+        preprocess_sft(src, tok, tmp_path / "o", seq_length=32, progress=False)
+    summary = preprocess_sft(src, tok, tmp_path / "o", seq_length=32, skip_bad_lines=True, progress=False,
+                             max_bad_fraction=0.5)
+    assert summary.samples == 1 and summary.skipped == {"invalid text": 1}
+
+
+def test_bom_json_array_is_read_as_an_array(tmp_path, tok):
+    src = tmp_path / "d.json"
+    src.write_bytes(b"\xef\xbb\xbf\n" + json.dumps([{"instruction": "a", "output": "b"}] * 5, indent=1).encode())
+    summary = preprocess_sft(src, tok, tmp_path / "o", seq_length=32, skip_bad_lines=True, progress=False)
+    assert summary.samples == 5 and summary.skipped == {}
 
 
 def test_bad_conversations(tok):
@@ -194,7 +215,7 @@ def test_cli_sft(tmp_path, capsys):
             "--output-prefix", str(tmp_path / "o"), "--seq-length", "32", "--no-progress"]
     assert main(args) == 2
     assert f"{src}:2: missing key" in capsys.readouterr().err
-    assert main(args + ["--skip-bad-lines", "--pack"]) == 0
+    assert main(args + ["--skip-bad-lines", "--pack", "--max-bad-fraction", "0.5"]) == 0
     assert "1 samples in 1 sequences" in capsys.readouterr().out
 
 

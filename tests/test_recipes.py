@@ -117,3 +117,14 @@ def test_stage_stamps_survive_a_moved_checkout(tmp_path, monkeypatch) -> None:
 
     (moved.data / "sft_train.idx").write_text("other")  # same size, other content: the stage is stale
     assert stages._fingerprint(moved, [moved.data], moved_settings) != stamp
+
+
+@pytest.mark.parametrize("name", available())
+def test_a_learning_rate_megatron_would_assert_on_stops_the_pipeline_before_any_stage(name, tmp_path, capsys,
+                                                                                      monkeypatch) -> None:
+    from pai_patch.recipes.stages import run_stage
+
+    monkeypatch.setenv("DRY_RUN", "1")
+    with pytest.raises(ConfigError, match=r"optim\.lr \(1e-06\) is below optim\.min_lr \(0\.0002\)"):
+        run_stage("pipeline", [f"recipe={name}", f"output={tmp_path}", "sft.optim.lr=1e-6"])
+    assert capsys.readouterr().out == ""  # not even the data stage started

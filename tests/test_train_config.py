@@ -10,7 +10,7 @@ from pai_patch.training.config import TrainConfig, TrainSection
 
 
 def test_overrides_are_typed() -> None:
-    cfg = load_job(None, ["train.train_iters=7", "optim.lr=1e-4", "parallel.sequence_parallel=true"])
+    cfg = load_job(None, ["train.train_iters=7", "optim.lr=1e-4", "optim.min_lr=1e-5", "parallel.sequence_parallel=true"])
     assert cfg.train.iterations == 7 and cfg.optim.lr == 1e-4 and cfg.parallel.sequence_parallel is True
 
 

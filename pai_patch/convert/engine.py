@@ -11,12 +11,14 @@ layer, not the model.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
 from tqdm import tqdm
 
 from pai_patch.convert import dist, legacy
@@ -24,8 +26,8 @@ from pai_patch.convert.layout import (Group, Item, StageMap, check_layout, full_
                                       local_expert, shard, to_hf, to_mcore, unshard)
 from pai_patch.convert.mapping import Fuse, Scope, Split, WeightMapping
 from pai_patch.convert.safetensors_stream import INDEX, SafetensorsReader, ShardedSafetensorsWriter
-from pai_patch.models.base import ModelSize
-from pai_patch.utils import atomic_path
+from pai_patch.models.base import ModelSize, read_hf_config
+from pai_patch.utils import atomic_path, require_space, short_write_error
 
 if TYPE_CHECKING:
     from pai_patch.models.base import ModelFamily
@@ -53,7 +55,7 @@ class Model:
         if size_name:
             size = family.size(size_name)
         elif config.exists():
-            size = family.size_from_hf(json.loads(config.read_text()))
+            size = family.size_from_config(config)
         else:
             raise FileNotFoundError(f"{config}: missing, and no --size given to know the model's shape")
         mapping = family.weight_mapping()
@@ -144,15 +146,20 @@ def hf_to_mcore(family: "ModelFamily", size_name: str | None, hf_dir: Path, out_
     model = Model.resolve(family, size_name, hf_dir)
     check_layout(model.size, model.mapping, tp, pp, ep, vp=vp, pp0_layers=pp0_layers)
     source = HfSource(model, hf_dir, DTYPES[dtype] if dtype else None)
+    require_space(out_dir, sum(math.prod(model.full_shape(item)) * source.out_dtype(item).itemsize
+                               for group in model.groups for item in group.items))
     with atomic_path(out_dir, is_dir=True) as tmp:
         iter_dir = legacy.iteration_dir(tmp, None)
         meta = {"family": family.name, "size": model.size.as_dict(), "tp": tp, "pp": pp, "ep": ep, "vp": vp,
                 "pp0_layers": pp0_layers if pp > 1 else None, "use_te": use_te}
-        if fmt == "torch_dist":
-            _write_dist(model, source, iter_dir, meta)
-        else:
-            layout = legacy.LegacyLayout(tp, pp, ep, vp or 1, meta["pp0_layers"])
-            _write_legacy(model, source, iter_dir, meta, layout, use_te)
+        try:
+            if fmt == "torch_dist":
+                _write_dist(model, source, iter_dir, meta)
+            else:
+                layout = legacy.LegacyLayout(tp, pp, ep, vp or 1, meta["pp0_layers"])
+                _write_legacy(model, source, iter_dir, meta, layout, use_te)
+        except (RuntimeError, CheckpointException) as err:  # torch's writer on a full disk: "unexpected pos 704 vs 598"
+            raise short_write_error(err, out_dir) or err from err
         (tmp / legacy.TRACKER).write_text("release")
     return model
 
@@ -371,7 +378,7 @@ def _copy_hf_side(source_hf: Path, out: Path, dtype: torch.dtype) -> None:
     for path in source_hf.iterdir():
         if path.is_file() and not path.name.endswith(WEIGHT_SUFFIXES) and path.name not in (INDEX, "config.json"):
             shutil.copy2(path, out / path.name)
-    config = json.loads((source_hf / "config.json").read_text())
+    config = read_hf_config(source_hf / "config.json")
     name = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
     config["torch_dtype" if "torch_dtype" in config else "dtype"] = name
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")

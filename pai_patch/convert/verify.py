@@ -6,7 +6,6 @@ its own inverse but puts heads in the wrong order would still round-trip.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import torch
 
 from pai_patch.convert.io import load_model_checkpoint
 from pai_patch.models import families
-from pai_patch.models.base import ModelFamily, Runtime
+from pai_patch.models.base import ModelFamily, Runtime, read_hf_config
 
 
 @dataclass(frozen=True)
@@ -32,7 +31,7 @@ def family_of(hf_dir: Path) -> ModelFamily:
     path = hf_dir / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path}: missing; not an HF checkpoint directory (or pass --model)")
-    names = json.loads(path.read_text()).get("architectures") or []
+    names = read_hf_config(path).get("architectures") or []
     for family in families().values():
         if family.hf_architecture in names:
             return family
@@ -63,7 +62,7 @@ def verify(hf_dir: Path, mcore_dir: Path, *, size_name: str | None = None, toler
     from pai_patch.parallel import model_parallel
 
     family = family_of(hf_dir)
-    size = family.size(size_name) if size_name else family.size_from_hf(json.loads((hf_dir / "config.json").read_text()))
+    size = family.size(size_name) if size_name else family.size_from_config(hf_dir / "config.json")
     tokens = sample_tokens(size.vocab_size)
     with model_parallel(Runtime()):
         model = family.build(size, Runtime(seq_length=tokens.shape[1])).eval()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from pai_patch.cli import CliError
+from pai_patch.data.records import MAX_BAD_FRACTION
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -15,6 +16,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-prefix", required=True, help="output path prefix")
     p.add_argument("--skip-bad-lines", action="store_true",
                    help="skip bad records and count them by reason instead of stopping at the first one")
+    p.add_argument("--max-bad-fraction", type=float, default=MAX_BAD_FRACTION, metavar="F",
+                   help="with --skip-bad-lines, stop (writing nothing) when more than this share of the records "
+                        f"is bad (default {MAX_BAD_FRACTION:g})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -41,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pai_patch.data.tokenizer import load_tokenizer
 
+    if not 0 <= args.max_bad_fraction <= 1:
+        raise CliError(f"--max-bad-fraction {args.max_bad_fraction:g}: expected a fraction between 0 and 1")
     tokenizer = load_tokenizer(args.tokenizer, args.tokenizer_dir)
     if args.kind == "pretrain":
         from pai_patch.data.pretrain import preprocess_pretrain
@@ -52,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(f"--workers {args.workers}: expected at least 1")
         summary = preprocess_pretrain(args.input, tokenizer, args.output_prefix, json_key=args.json_key,
                                       workers=args.workers, append_eod=args.append_eod,
-                                      skip_bad_lines=args.skip_bad_lines, progress=not args.no_progress)
+                                      skip_bad_lines=args.skip_bad_lines, progress=not args.no_progress,
+                                      max_bad_fraction=args.max_bad_fraction)
     else:
         from pai_patch.data.sft import preprocess_sft
 
@@ -60,6 +67,6 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(f"--seq-length {args.seq_length}: expected at least 2")
         summary = preprocess_sft(args.input, tokenizer, args.output_prefix, fmt=args.fmt, seq_length=args.seq_length,
                                  pack=args.pack, seed=args.seed, skip_bad_lines=args.skip_bad_lines,
-                                 progress=not args.no_progress)
+                                 progress=not args.no_progress, max_bad_fraction=args.max_bad_fraction)
     print(summary)
     return 0

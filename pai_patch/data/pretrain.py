@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 from pai_patch.data.fast_bpe import FastByteLevelBPE
 from pai_patch.data.indexed import atomic_writers, optimal_dtype
-from pai_patch.data.records import BadRecord, Chunk, find_inputs, iter_chunks, parse_line
+from pai_patch.data.records import (MAX_BAD_FRACTION, BadRecord, Chunk, check_bad_fraction, find_inputs, iter_chunks,
+                                    parse_line)
 from pai_patch.data.sidecar import remove_sidecar, tokenizer_identity, write_sidecar
 from pai_patch.data.tokenizer import vocab_size
 
@@ -179,11 +180,12 @@ def _encoded_chunks(files: list[Path], encoder: _Encoder, workers: int) -> Itera
 
 def preprocess_pretrain(inputs, tokenizer, output_prefix: str | os.PathLike, *, json_key: str = "text",
                         workers: int = 1, append_eod: bool = True, skip_bad_lines: bool = False,
-                        progress: bool = True) -> Summary:
+                        progress: bool = True, max_bad_fraction: float = MAX_BAD_FRACTION) -> Summary:
     """Tokenize ``inputs`` (file, folder or list of them) into ``<output_prefix>_<json_key>_document``.
 
     Raises ``BadRecord`` (a ``ValueError`` naming file and line) on the first bad record unless
-    ``skip_bad_lines``; nothing is left under the final name when it raises.  On success the
+    ``skip_bad_lines``, and ``ValueError`` when more than ``max_bad_fraction`` of the records were
+    skipped; nothing is left under the final name when it raises.  On success the
     tokenizer's identity is recorded beside the dataset (``pai_patch.data.sidecar``).
     """
     files = find_inputs(inputs)
@@ -193,11 +195,11 @@ def preprocess_pretrain(inputs, tokenizer, output_prefix: str | os.PathLike, *, 
     summary = Summary(prefix, files=len(files))
     offsets = {str(p): 0 for p in files}
     start = time.perf_counter()
+    remove_sidecar(prefix)  # first write under the output prefix: a bad prefix fails before the progress bar
     bar = tqdm(total=sum(p.stat().st_size for p in files), unit="B", unit_scale=True, desc="preprocess",
                disable=not progress, mininterval=1.0)
     skipped: collections.Counter = collections.Counter()
     max_token_id = -1
-    remove_sidecar(prefix)
     with bar, atomic_writers({"tokens": (prefix, dtype)}) as writers:
         for enc in _encoded_chunks(files, encoder, workers):
             writers["tokens"].add_documents(enc.tokens, enc.lengths)
@@ -211,6 +213,7 @@ def preprocess_pretrain(inputs, tokenizer, output_prefix: str | os.PathLike, *, 
             elapsed = max(time.perf_counter() - start, 1e-9)
             bar.set_postfix_str(f"{summary.documents / elapsed:,.0f} docs/s, {summary.tokens / elapsed:,.0f} tokens/s",
                                 refresh=False)
+        check_bad_fraction(skipped, summary.documents, max_bad_fraction)
     write_sidecar(prefix, tokenizer_identity(tokenizer), max_token_id)
     summary.skipped = dict(skipped)
     summary.seconds = time.perf_counter() - start

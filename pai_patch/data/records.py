@@ -7,6 +7,7 @@ The main process only splits lines; parsing happens in the workers (``parse_line
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import io
 import json
@@ -14,7 +15,7 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
 BLOCK_BYTES = 1 << 20
@@ -80,9 +81,9 @@ def iter_chunks(path: Path, chunk_bytes: int = BLOCK_BYTES) -> Iterator[Chunk]:
     line = 0
     try:
         with stream:
-            first = stream.peek(64)[:64].lstrip()
-            if first.startswith(b"["):
-                yield from _iter_array(path, stream, raw, chunk_bytes)
+            line = _skip_preamble(stream)
+            if stream.peek(1)[:1] == b"[":
+                yield from _iter_array(path, stream, raw, chunk_bytes, line + 1)
                 return
             while True:
                 block = stream.readlines(chunk_bytes)
@@ -95,10 +96,29 @@ def iter_chunks(path: Path, chunk_bytes: int = BLOCK_BYTES) -> Iterator[Chunk]:
                          "expected a complete JSONL/JSON file, gzip-compressed when named .gz") from err
 
 
-def _iter_array(path: Path, stream: io.BufferedIOBase, raw: io.BufferedIOBase, chunk_bytes: int) -> Iterator[Chunk]:
+def _skip_preamble(stream: io.BufferedIOBase) -> int:
+    """Consume a UTF-8 BOM, blank lines and leading blanks, so the first byte left tells JSON array from JSONL.
+
+    Editors on Windows save JSON with a BOM; read as JSONL, an array's lines are all malformed and
+    ``--skip-bad-lines`` would quietly keep almost nothing.  Returns the number of lines consumed.
+    """
+    if stream.peek(3)[:3] == codecs.BOM_UTF8:
+        stream.read(3)
+    lines = 0
+    while True:
+        head = stream.peek(1)
+        blanks = len(head) - len(head.lstrip(b" \t\r\n"))
+        if not head or not blanks:
+            return lines
+        lines += head.count(b"\n", 0, blanks)
+        stream.read(blanks)
+
+
+def _iter_array(path: Path, stream: io.BufferedIOBase, raw: io.BufferedIOBase, chunk_bytes: int,
+                line: int = 1) -> Iterator[Chunk]:
     """Decode a top-level JSON array element by element (``raw_decode`` over a sliding buffer)."""
     decoder = json.JSONDecoder()
-    text, pos, line, eof = "", 0, 1, False
+    text, pos, eof = "", 0, False
     opened = closed = False
     lines: list[int] = []
     payloads: list[bytes] = []
@@ -153,6 +173,22 @@ def _read_text(stream: io.BufferedIOBase, size: int, path: Path, line: int) -> s
         raise BadRecord(str(path), line, "not UTF-8", str(err)) from None
 
 
+def checked_text(value: object, key: str, path: str, line: int) -> str:
+    """``value`` if it is a string the tokenizer can take; ``BadRecord`` naming ``key`` otherwise.
+
+    JSON's ``\\ud800`` escapes decode to lone surrogates, which no tokenizer encodes (the Rust
+    one raises a ``TypeError`` that names nothing); scraped text has them.
+    """
+    if not isinstance(value, str):
+        raise BadRecord(path, line, "non-string value", f"{key!r} holds a {type(value).__name__}, expected a string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise BadRecord(path, line, "invalid text", f"{key!r} holds a lone surrogate {value[err.start]!r} at "
+                        f"character {err.start}, expected valid Unicode (text a tokenizer can encode)") from None
+    return value
+
+
 def parse_line(path: str, line: int, payload: bytes, key: str) -> str | None:
     """The string under ``key`` of one JSON object; ``None`` for a blank line. Raise ``BadRecord`` otherwise."""
     if not payload.strip():
@@ -165,9 +201,28 @@ def parse_line(path: str, line: int, payload: bytes, key: str) -> str | None:
         raise BadRecord(path, line, "not an object", f"got a JSON {type(record).__name__}, expected an object with key {key!r}")
     if key not in record:
         raise BadRecord(path, line, "missing key", f"no {key!r} key (keys: {', '.join(list(record)[:8]) or 'none'})")
-    value = record[key]
-    if not isinstance(value, str):
-        raise BadRecord(path, line, "non-string value", f"{key!r} holds a {type(value).__name__}, expected a string")
+    value = checked_text(record[key], key, path, line)
     if not value:
         raise BadRecord(path, line, "empty document", f"{key!r} is an empty string")
     return value
+
+
+#: ``--max-bad-fraction``'s default: skipping more than this share of the records stops the run
+MAX_BAD_FRACTION = 0.01
+
+
+def check_bad_fraction(skipped: Mapping[str, int], kept: int, max_fraction: float) -> None:
+    """Refuse a ``--skip-bad-lines`` run that skipped more than ``max_fraction`` of its records.
+
+    A file read the wrong way (or the wrong file) makes nearly every record "bad"; skipping them
+    silently would publish a dataset holding a fraction of the corpus.  Raised before the
+    outputs are renamed into place, so nothing is written.
+    """
+    bad = sum(skipped.values())
+    total = bad + kept
+    if not bad or bad <= max_fraction * total:
+        return
+    reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items()))
+    raise ValueError(f"--skip-bad-lines skipped {bad} of {total} records ({bad / total:.1%}: {reasons}), more than "
+                     f"--max-bad-fraction {max_fraction:g} allows; nothing was written (fix the input, or raise "
+                     "--max-bad-fraction)")

@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from pai_patch.data.indexed import IndexedReader, atomic_writers, optimal_dtype
-from pai_patch.data.records import BadRecord, find_inputs, iter_chunks
+from pai_patch.data.records import MAX_BAD_FRACTION, BadRecord, check_bad_fraction, find_inputs, iter_chunks
 from pai_patch.data.sft_format import SftEncoder, to_messages
 from pai_patch.data.sidecar import remove_sidecar, tokenizer_identity, write_sidecar
 from pai_patch.data.tokenizer import vocab_size
@@ -99,13 +99,16 @@ def pack_groups(lengths: np.ndarray, seq_length: int, seed: int) -> list[np.ndar
 
 
 def preprocess_sft(input, tokenizer, output_prefix: str | os.PathLike, *, fmt: str = "alpaca", seq_length: int,
-                   pack: bool = False, seed: int = 1234, skip_bad_lines: bool = False, progress: bool = True) -> Summary:
+                   pack: bool = False, seed: int = 1234, skip_bad_lines: bool = False, progress: bool = True,
+                   max_bad_fraction: float = MAX_BAD_FRACTION) -> Summary:
     """Tokenize instruction data into ``<output_prefix>_text_document`` + ``_loss_mask_document`` (+ ``_sft.json``,
-    and the tokenizer sidecar ``_text_document.tokenizer.json``)."""
+    and the tokenizer sidecar ``_text_document.tokenizer.json``); stops as ``preprocess_pretrain`` does when more
+    than ``max_bad_fraction`` of the records were skipped."""
     start = time.perf_counter()
     encoder = SftEncoder(tokenizer)
     summary = Summary(str(output_prefix), template=encoder.template_name)
     conversations = read_conversations(input, fmt, skip_bad_lines, summary.skipped)
+    check_bad_fraction(summary.skipped, len(conversations), max_bad_fraction)
     samples: list[tuple[np.ndarray, np.ndarray]] = []
     for messages in tqdm(conversations, desc="sft", unit="sample", disable=not progress, mininterval=1.0):
         tokens, mask = encoder.encode(messages)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pai_patch.data.records import BadRecord
+from pai_patch.data.records import BadRecord, checked_text
 
 FORMATS = ("alpaca", "sharegpt", "messages")
 # Used only when the tokenizer has no chat template (e.g. base Llama-2): alpaca's prompt layout.
@@ -35,10 +35,7 @@ def _text(record: dict, key: str, path: str, line: int, *, required: bool = True
         if not required:
             return ""
         raise BadRecord(path, line, "missing key", f"no {key!r} key (keys: {', '.join(list(record)[:8]) or 'none'})")
-    value = record[key]
-    if not isinstance(value, str):
-        raise BadRecord(path, line, "non-string value", f"{key!r} holds a {type(value).__name__}, expected a string")
-    return value
+    return checked_text(record[key], key, path, line)
 
 
 def to_messages(record, fmt: str, path: str, line: int) -> list[dict[str, str]]:

@@ -9,7 +9,9 @@ so adding a model means adding a folder.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 import torch
@@ -23,12 +25,30 @@ if TYPE_CHECKING:  # heavy imports stay out of module import time (`make help`, 
     from pai_patch.convert.mapping import WeightMapping
 
 RECOMPUTE_MODES = ("false", "sel", "full", "offload")
+#: ModelSize's integer shape fields -> the config.json keys they are read from
+SHAPE_KEYS = {"hidden_size": "hidden_size", "num_layers": "num_hidden_layers",
+              "num_attention_heads": "num_attention_heads", "num_query_groups": "num_key_value_heads",
+              "ffn_hidden_size": "intermediate_size", "vocab_size": "vocab_size",
+              "max_position_embeddings": "max_position_embeddings"}
 PRECISIONS = ("fp32", "fp16", "bf16", "fp8")
 #: the seeds' PR=fp8 (their launchers pass --bf16 --fp8-format hybrid --fp8-amax-compute-algo max
 #: --fp8-amax-history-len 1024): bf16 weights and activations, fp8 GEMMs with delayed scaling.  Not
 #: megatron's default recipe (amax history 1, most_recent), and not fp32 params, which would turn off
 #: every fused attention kernel in Transformer Engine.
 FP8_CONFIG = dict(fp8="hybrid", fp8_recipe="delayed", fp8_amax_history_len=1024, fp8_amax_compute_algo="max")
+
+
+def read_hf_config(path: Path) -> dict[str, Any]:
+    """An HF ``config.json`` as a mapping; ``ValueError`` naming the file (and line) when it is not one."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg}); expected an HF config.json") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); expected an HF config.json") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a JSON {type(data).__name__}, expected an object (an HF config.json)")
+    return data
 
 
 @dataclass(frozen=True)
@@ -126,6 +146,28 @@ class ModelFamily:
         if name not in self.sizes:
             raise KeyError(f"unknown size {name!r} for {self.name}; valid sizes: {', '.join(self.sizes)}")
         return self.sizes[name]
+
+    def size_from_config(self, path: Path, name: str = "custom") -> ModelSize:
+        """``size_from_hf`` of the ``config.json`` at ``path``; ``ValueError`` naming the file and key when it cannot.
+
+        A hand-edited or truncated config.json otherwise fails as a bare ``KeyError`` or a
+        ``JSONDecodeError`` traceback, or with a shape error deep inside megatron-core.
+        """
+        hf = read_hf_config(path)
+        try:
+            size = self.size_from_hf(hf, name)
+        except KeyError as err:
+            raise ValueError(f"{path}: no {err.args[0]!r} key, which the shape of a {self.name} model needs") from None
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path}: {err}") from None
+        for field_name, key in SHAPE_KEYS.items():
+            value = getattr(size, field_name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{path}: {key} = {value!r}, expected a positive integer")
+        if size.num_attention_heads % size.num_query_groups:
+            raise ValueError(f"{path}: num_attention_heads ({size.num_attention_heads}) is not a multiple of "
+                             f"num_key_value_heads ({size.num_query_groups})")
+        return size
 
     def size_from_hf(self, hf: Mapping[str, Any], name: str = "custom") -> ModelSize:
         """A size row from an HF ``config.json``, so any checkpoint of the family converts."""

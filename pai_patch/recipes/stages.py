@@ -341,6 +341,9 @@ def run_stage(stage: str, overrides: list[str]) -> None:
         from pai_patch.recipes import rehearse
 
         return rehearse.run(recipe, p, overrides)
+    if stage == "pipeline":  # a bad training setting stops the pipeline before data and convert, not after them
+        for name in ("pretrain", "sft"):
+            train_config(recipe, name, p)
     for name in STAGES if stage == "pipeline" else (stage,):
         print(f"== {recipe.recipe} {recipe.model.size}: {name} ({p.root})", flush=True)
         RUNNERS[name](recipe, p)

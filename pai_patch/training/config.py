@@ -47,6 +47,25 @@ class OptimSection:
     #: seeds' OPTIMIZER_OFFLOAD: keep optimizer states on the host (static) or decide by memory (auto)
     offload: Literal["false", "static", "auto"] = "false"
 
+    def validate(self) -> None:
+        """What megatron-core's scheduler and torch's Adam assert on, refused here with the key named.
+
+        Found at training start, these are an ``AssertionError`` with no message inside
+        ``OptimizerParamScheduler`` on every rank, after the model is built; ``lr`` below the recipe's
+        ``min_lr`` is an ordinary fine-tuning override.
+        """
+        for name in ("lr", "min_lr", "weight_decay", "eps", "clip_grad"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"optim.{name}: expected a finite number >= 0, got {value:g}")
+        if self.lr < self.min_lr:
+            raise ConfigError(f"optim.lr ({self.lr:g}) is below optim.min_lr ({self.min_lr:g}); the schedule decays "
+                              "lr down to min_lr, so set optim.min_lr at most lr")
+        for name in ("beta1", "beta2"):
+            value = getattr(self, name)
+            if not 0 <= value < 1:
+                raise ConfigError(f"optim.{name}: expected 0 <= {name} < 1, got {value:g}")
+
 
 @dataclass
 class TrainSection:
