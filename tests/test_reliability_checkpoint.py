@@ -168,7 +168,46 @@ def test_stale_temporary_dirs_are_removed_and_never_latest(tmp_path, fake_save):
     (tmp_path / ".trash-iter_0000002-cafe").mkdir()
     assert ck.complete_iterations(tmp_path) == []
     _save(tmp_path, 2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_0000002", ck.TRACKER]
+    assert (tmp_path / ".tmp-iter_0000006-deadbeef").is_dir(), "a save without the run lock removed a temp"
+    release = ck.lock_save_dir(tmp_path)
+    release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ck.LOCK, "iter_0000002", ck.TRACKER]
+
+
+_HOLDER = """
+import sys, time
+from pai_patch.training.checkpointing import lock_save_dir
+lock_save_dir(sys.argv[1])
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def test_second_run_on_a_save_dir_stops_naming_the_holder_until_it_dies(tmp_path):
+    """Another process (another run of the job) holds the directory: this one stops at once with
+    one line naming the directory and the holder's PID, and leaves the holder's save in progress
+    alone; once the holder is SIGKILLed the lock is free (the kernel dropped it)."""
+    import subprocess
+    import sys
+
+    live_save = tmp_path / ".tmp-iter_0000004-0123456789ab"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        live_save.mkdir()
+        with pytest.raises(ck.CheckpointError) as err:
+            ck.lock_save_dir(tmp_path)
+        text = str(err.value)
+        assert text.startswith(f"{tmp_path}: in use by another training run (PID {holder.pid} on ")
+        assert "\n" not in text
+        assert live_save.is_dir()
+    finally:
+        holder.kill()
+        holder.wait()
+    release = ck.lock_save_dir(tmp_path)
+    assert not live_save.exists()  # its writer is gone: now it is stale
+    assert (tmp_path / ck.LOCK).read_text().startswith(f"{os.getpid()} on ")
+    release()
 
 
 def test_checkpoint_error_is_a_one_line_cli_error(tmp_path):

@@ -9,16 +9,20 @@ other Megatron tools can read it, with three guarantees the original lacks:
   then the tracker file is replaced atomically — a kill at any point leaves the previous
   checkpoint as ``latest``;
 * a ``COMPLETE`` marker listing every file with its size is verified before loading, so a
-  damaged checkpoint is reported by name instead of loading wrong.
+  damaged checkpoint is reported by name instead of loading wrong;
+* one run at a time writes a save directory: rank 0 of the job holds an OS lock on ``LOCK``
+  in it for the run's life (released by the kernel when the process dies, so never stale).
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import logging
 import os
 import shutil
+import socket
 import uuid
 import zlib
 from dataclasses import dataclass
@@ -35,6 +39,7 @@ log = logging.getLogger(__name__)
 
 TRACKER = "latest_checkpointed_iteration.txt"
 MARKER = "COMPLETE.json"
+LOCK = ".run.lock"
 CHECKPOINT_VERSION = 3.0
 
 
@@ -349,9 +354,61 @@ def _remove(path: Path) -> None:
 
 
 def _clean_stale(root: Path) -> None:
-    """Temporary and half-deleted directories left by a killed run (never loadable by name)."""
+    """Temporary and half-deleted directories left by a killed run (never loadable by name).
+
+    Only the holder of the directory's run lock may call this: another live run's save in
+    progress is also a ``.tmp-iter_*``."""
     for stale in list(root.glob(".tmp-iter_*")) + list(root.glob(".trash-iter_*")):
         shutil.rmtree(stale, ignore_errors=True)
+
+
+def _take_lock(root: Path) -> int:
+    """An open descriptor holding ``flock(LOCK_EX)`` on ``root/LOCK``, which records our PID and host.
+
+    flock belongs to the open file, so the kernel drops it when this process dies, however."""
+    path = root / LOCK
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot create the run lock ({err.strerror})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "unknown PID (starting)"
+        os.close(fd)
+        if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise CheckpointError(f"{path}: cannot lock the save directory ({err.strerror})") from None
+        raise CheckpointError(f"{root}: in use by another training run (PID {holder}, holding {path}); wait for "
+                              "it to finish or stop it, or use another output directory") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    return fd
+
+
+def lock_save_dir(root: str | Path) -> Callable[[], None]:
+    """Make this job the only writer of ``root``, then remove what killed runs left; returns the release.
+
+    Rank 0 of the job takes the lock (the save directory is shared by every node under DLC,
+    so the lock is per job, not per process) and every rank raises its verdict, so none waits
+    in a collective for a rank that gave up.  Stale temporaries are removed only under the lock."""
+    root = Path(root)
+    rank = _world()[0]
+    fd, problem = None, None
+    if rank == 0:
+        try:
+            fd = _take_lock(root)
+            _clean_stale(root)
+        except CheckpointError as err:
+            problem = str(err)
+    problem = _broadcast(problem)
+    if problem:
+        raise CheckpointError(problem)
+
+    def release() -> None:
+        if fd is not None:
+            os.close(fd)
+    return release
 
 
 def _one_line(err: BaseException) -> str:
@@ -412,7 +469,6 @@ def save_checkpoint(root: str | Path, iteration: int, model_chunks, optimizer, s
     def make_tmp() -> None:
         if rank == 0:
             root.mkdir(parents=True, exist_ok=True)
-            _clean_stale(root)
             tmp.mkdir()
 
     def commit(files: dict[str, dict[str, int]]) -> None:

@@ -329,6 +329,7 @@ class Trainer:
                         keep_last=self.cfg.checkpoint.keep_last)
 
     def fit(self) -> dict[str, Any]:
+        from pai_patch.training.checkpointing import lock_save_dir
         from pai_patch.training.monitor import Monitor
         from pai_patch.training.signals import StopRequest
 
@@ -339,6 +340,8 @@ class Trainer:
             write_training_lock(cfg)
         train_ds, valid_ds = self._datasets()
         iterators = self._iterators(train_ds, self.iteration)
+        # after the datasets open (bad data writes nothing), before this run writes metrics or checkpoints
+        release_lock = lock_save_dir(self.save_root)
         monitor = Monitor(self.output, enabled=self.rank == 0)
         stop = StopRequest.install(exit_minutes=t.exit_duration_minutes)
         skips, last, reason = 0, None, "finished"
@@ -387,6 +390,7 @@ class Trainer:
             progress.close()
             monitor.close()
             stop.uninstall()
+            release_lock()
         return {"iteration": self.iteration, "last": last, "stopped": reason}
 
 
