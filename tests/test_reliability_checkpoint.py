@@ -224,7 +224,7 @@ def test_every_rank_reports_the_rank_whose_write_failed(tmp_path, monkeypatch):
     ranks then raise the same line naming rank 1, with rank 1's own disk hint."""
     from torch.distributed.checkpoint.api import CheckpointException
 
-    monkeypatch.setattr(ck, "_world", lambda: (0, 2))
+    monkeypatch.setattr(ck, "world", lambda: (0, 2))
     on_rank0 = ck._failure(CheckpointException("write", {1: (RuntimeError("Worker failure: pos 704"), None)}),
                            tmp_path)
     assert on_rank0.blamed == (1,) and on_rank0.reason == "RuntimeError: Worker failure: pos 704"
@@ -237,7 +237,7 @@ def test_every_rank_reports_the_rank_whose_write_failed(tmp_path, monkeypatch):
 
 def test_rank0_only_write_failure_is_named(tmp_path, monkeypatch):
     """common.pt / the marker are rank 0's alone: its failure is reported as rank 0's on every rank."""
-    monkeypatch.setattr(ck, "_world", lambda: (1, 2))
+    monkeypatch.setattr(ck, "world", lambda: (1, 2))
     failure = ck._Failure(" (disk full or over quota)", "[Errno 28] No space left on device", (0,))
     text = str(ck._save_error(tmp_path / "iter_0000002", tmp_path, {0: failure}))
     assert text.startswith(f"saving {tmp_path / 'iter_0000002'} failed on rank 0 (disk full or over quota): ")
