@@ -210,6 +210,37 @@ def test_second_run_on_a_save_dir_stops_naming_the_holder_until_it_dies(tmp_path
     release()
 
 
+_FORKING_HOLDER = """
+import os, sys, time
+from pai_patch.training.checkpointing import lock_save_dir
+lock_save_dir(sys.argv[1])
+child = os.fork()
+if child == 0:
+    time.sleep(600)
+    os._exit(0)
+print(child, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_forked_child_of_a_killed_run_does_not_keep_the_lock(tmp_path):
+    """megatron's checkpoint writers are forked from the training process and outlive its kill -9
+    until their write ends: they must not keep the directory locked against the resume."""
+    import signal
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", _FORKING_HOLDER, str(tmp_path)], stdout=subprocess.PIPE,
+                              text=True)
+    child = int(holder.stdout.readline())
+    try:
+        holder.kill()
+        holder.wait()
+        ck.lock_save_dir(tmp_path)()
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
 def test_checkpoint_error_is_a_one_line_cli_error(tmp_path):
     from pai_patch.cli import CliError
 

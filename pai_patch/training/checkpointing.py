@@ -268,6 +268,23 @@ def _clean_stale(root: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
+#: descriptors holding a run lock in this process
+_HELD_LOCKS: set[int] = set()
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child (megatron's checkpoint writers, data workers): close the run lock's descriptor.
+
+    flock belongs to the open file, which a fork shares: a writer orphaned by a killed run
+    would otherwise keep the directory locked against its resume."""
+    for fd in _HELD_LOCKS:
+        os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 def _take_lock(root: Path) -> int:
     """An open descriptor holding ``flock(LOCK_EX)`` on ``root/LOCK``, which records our PID and host.
 
@@ -289,6 +306,7 @@ def _take_lock(root: Path) -> int:
                               "it to finish or stop it, or use another output directory") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    _HELD_LOCKS.add(fd)
     return fd
 
 
@@ -313,6 +331,7 @@ def lock_save_dir(root: str | Path) -> Callable[[], None]:
 
     def release() -> None:
         if fd is not None:
+            _HELD_LOCKS.discard(fd)
             os.close(fd)
     return release
 
