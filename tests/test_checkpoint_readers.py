@@ -100,7 +100,8 @@ def trained(corpus_prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 @pytest.mark.slow
-def test_trainer_checkpoint_damaged_or_half_written_is_refused_by_every_reader(trained, converted, tmp_path, capsys):
+def test_trainer_checkpoint_damaged_or_half_written_is_refused_by_every_reader(trained, converted, corpus_prefix,
+                                                                              tmp_path, capsys):
     from pai_patch.convert.io import load_model_checkpoint
     from pai_patch.convert.marker import CheckpointError
     from pai_patch.models import get_family
@@ -125,8 +126,15 @@ def test_trainer_checkpoint_damaged_or_half_written_is_refused_by_every_reader(t
                "--output", str(tmp_path / "out.jsonl"), "--max-new-tokens", "2"])
     assert rc == 2 and error_line(capsys.readouterr().err) == expected
     family = get_family("qwen2_5")
-    with model_parallel(), pytest.raises(CheckpointError, match="no COMPLETE.json"):  # checkpoint.load= (fine-tune)
+    with model_parallel(), pytest.raises(CheckpointError, match="no COMPLETE.json"):
         load_model_checkpoint([family.build(family.size("tiny"), Runtime())], str(half))
+    from conftest import run_cli
+
+    finetune = run_cli("train", "model.family=qwen2_5", "model.size=tiny", "train.seq_length=32", "train.train_iters=1",
+                       "train.global_batch_size=4", "train.micro_batch_size=2", f"data.train_path={corpus_prefix}",
+                       f"output_dir={tmp_path / 'ft'}", f"checkpoint.load={half}", check=False)
+    assert finetune.returncode == 2, finetune.stderr[-3000:]
+    assert finetune.stderr.strip().splitlines()[-1] == expected.replace("--no-verify", "checkpoint.verify=false")
 
     assert mcore2hf(half, hf, tmp_path / "back", "--no-verify") == 0
     assert f"{WARNING}{half / 'iter_0000002'} without" in capsys.readouterr().err

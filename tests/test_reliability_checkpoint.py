@@ -93,6 +93,19 @@ def test_load_error_names_tracker_and_older_checkpoints(tmp_path, fake_save):
     assert "common.pt: CRC-32" in text and "= 4)" in text and "other checkpoints here: iter_0000002" in text
 
 
+def test_resume_with_verify_off_reads_unchecked_and_warns(tmp_path, fake_save, capsys):
+    """checkpoint.verify=false: the damaged file is not reported by the check (the loader then
+    meets it), and one warning line says the check was skipped."""
+    _save(tmp_path, 2)
+    (tmp_path / "iter_0000002" / "common.pt").write_bytes(b"COMMON")  # same size, other bytes
+    with pytest.raises(Exception) as err:  # noqa: PT011 - whatever megatron-core makes of the fake files
+        ck.load_checkpoint(tmp_path, [], None, None, world_size=1, model_layout={"tp": 1, "pp": 1}, verify=False)
+    assert "CRC-32" not in str(err.value)
+    assert capsys.readouterr().err == (f"warning: checkpoint.verify=false: reading {tmp_path / 'iter_0000002'} "
+                                       "without checking its completeness marker and checksums; a damaged "
+                                       "checkpoint loads wrong\n")
+
+
 @pytest.mark.parametrize("error,hint", [
     (OSError(errno.ENOSPC, "No space left on device"), " (disk full or over quota)"),
     (OSError(errno.EFBIG, "File too large"), " (file size limit reached"),

@@ -134,16 +134,22 @@ def _saved_by_trainer(iter_dir: Path) -> bool:
     return isinstance(state, dict) and "consumed_samples" in state
 
 
-def check_before_reading(ckpt_dir: Path, iter_dir: Path, iteration: int, *, verify: bool = True) -> None:
+def warn_unverified(iter_dir: Path, override: str) -> None:
+    """The one loud line of a read whose check the user turned off with ``override``."""
+    if world()[0] == 0:
+        print(f"warning: {override}: reading {iter_dir} without checking its completeness marker and checksums; "
+              "a damaged checkpoint loads wrong", file=sys.stderr, flush=True)
+
+
+def check_before_reading(ckpt_dir: Path, iter_dir: Path, iteration: int, *, verify: bool = True,
+                         override: str = "--no-verify") -> None:
     """Refuse to read ``iter_dir`` (the tracker's ``iteration`` of ``ckpt_dir``) when it is incomplete or corrupt.
 
     A checkpoint with a marker is checked file by file (sizes and CRC-32s: one read of every
-    file, as the save did); a trainer's save without one is refused.  ``verify=False``
-    (``--no-verify``) reads it unchecked after a warning."""
+    file, as the save did); a trainer's save without one is refused.  ``verify=False`` (the
+    user's ``override``, named in the refusal) reads it unchecked after a warning."""
     if not verify:
-        if world()[0] == 0:
-            print(f"warning: --no-verify: reading {iter_dir} without checking its completeness marker and checksums; "
-                  "a damaged checkpoint loads wrong", file=sys.stderr, flush=True)
+        warn_unverified(iter_dir, override)
         return
     if not (iter_dir / MARKER).is_file() and not _saved_by_trainer(iter_dir):
         return
@@ -151,4 +157,4 @@ def check_before_reading(ckpt_dir: Path, iter_dir: Path, iteration: int, *, veri
         verify_marker(iter_dir)
     except CheckpointError as err:
         where = "release" if iter_dir.name == "release" else f"iteration {iteration}"
-        raise CheckpointError(f"{err}; {where} of {ckpt_dir} not read (--no-verify reads it anyway)") from None
+        raise CheckpointError(f"{err}; {where} of {ckpt_dir} not read ({override} reads it anyway)") from None

@@ -32,13 +32,15 @@ import torch
 import torch.distributed as dist
 
 from pai_patch.convert.marker import (MARKER, CheckpointError, describe_files, gather, merge_shares, verify_marker,
-                                     world, write_marker)
+                                     warn_unverified, world, write_marker)
 from pai_patch.utils import fsync_dir, fsync_tree, write_text_atomic
 
 log = logging.getLogger(__name__)
 
 TRACKER = "latest_checkpointed_iteration.txt"
 LOCK = ".run.lock"
+#: the training setting that reads checkpoints without checking them
+VERIFY_OFF = "checkpoint.verify=false"
 CHECKPOINT_VERSION = 3.0
 
 
@@ -492,8 +494,10 @@ def _layout(layout: dict[str, Any]) -> str:
 
 
 def load_checkpoint(root: str | Path, model_chunks, optimizer, scheduler, *, world_size: int,
-                    model_layout: dict[str, Any]) -> dict[str, Any]:
-    """Resume everything from the tracker's iteration; returns iteration and consumed samples."""
+                    model_layout: dict[str, Any], verify: bool = True) -> dict[str, Any]:
+    """Resume everything from the tracker's iteration; returns iteration and consumed samples.
+
+    ``verify=False`` (``checkpoint.verify=false``) skips the marker and CRC check, with a warning."""
     from megatron.core import dist_checkpointing
 
     iteration = read_tracker(root)
@@ -501,7 +505,10 @@ def load_checkpoint(root: str | Path, model_chunks, optimizer, scheduler, *, wor
         raise CheckpointError(f"{root}: no {TRACKER}; nothing to resume from")
     directory = iteration_dir(root, iteration)
     try:
-        verify_marker(directory)
+        if verify:
+            verify_marker(directory)
+        else:
+            warn_unverified(directory, VERIFY_OFF)
     except CheckpointError as err:
         others = [i for i in complete_iterations(root) if i != iteration]
         hint = (f"; other checkpoints here: {', '.join(iteration_dir(root, i).name for i in others)} "

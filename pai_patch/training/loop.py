@@ -245,21 +245,22 @@ class Trainer:
         return {"tp": rt.tp, "pp": rt.pp, "ep": rt.ep, "etp": rt.etp, "vp": rt.vp, "pp0_layers": rt.pp0_layers}
 
     def _restore(self) -> tuple[int, int]:
-        from pai_patch.training.checkpointing import is_training_checkpoint, load_checkpoint, read_tracker, unwrap
+        from pai_patch.training.checkpointing import (VERIFY_OFF, is_training_checkpoint, load_checkpoint, read_tracker,
+                                                      unwrap)
 
         ck = self.cfg.checkpoint
         if read_tracker(self.save_root) is not None:
             state = load_checkpoint(self.save_root, self.model, self.optimizer, self.scheduler, world_size=self.world,
-                                    model_layout=self.model_layout)
+                                    model_layout=self.model_layout, verify=ck.verify)
             return state["iteration"], state["consumed_samples"]
         if ck.load:
             if not ck.finetune and is_training_checkpoint(ck.load):
                 state = load_checkpoint(ck.load, self.model, self.optimizer, self.scheduler, world_size=self.world,
-                                        model_layout=self.model_layout)
+                                        model_layout=self.model_layout, verify=ck.verify)
                 return state["iteration"], state["consumed_samples"]
             from pai_patch.convert.io import load_model_checkpoint
 
-            load_model_checkpoint([unwrap(m) for m in self.model], ck.load)
+            load_model_checkpoint([unwrap(m) for m in self.model], ck.load, verify=ck.verify, override=VERIFY_OFF)
             log.info("loaded weights from %s", ck.load)
         return 0, 0
 
