@@ -335,14 +335,15 @@ class Trainer:
         from pai_patch.training.signals import StopRequest
 
         cfg, t = self.cfg, self.cfg.train
+        train_ds, valid_ds = self._datasets()
+        iterators = self._iterators(train_ds, self.iteration)
+        # after the datasets open (bad data writes nothing), before this run writes its lock.json, metrics or
+        # checkpoints (a second run on the directory stops here, before touching the first one's)
+        release_lock = lock_save_dir(self.save_root)
         if self.rank == 0:  # the environment and data this run actually uses, for `pai_patch lock check`
             from pai_patch.reproduce.lock import write_training_lock
 
             write_training_lock(cfg)
-        train_ds, valid_ds = self._datasets()
-        iterators = self._iterators(train_ds, self.iteration)
-        # after the datasets open (bad data writes nothing), before this run writes metrics or checkpoints
-        release_lock = lock_save_dir(self.save_root)
         monitor = Monitor(self.output, enabled=self.rank == 0)
         stop = StopRequest.install(exit_minutes=t.exit_duration_minutes)
         skips, last, reason = 0, None, "finished"
