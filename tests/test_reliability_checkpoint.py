@@ -214,13 +214,22 @@ def test_second_run_on_a_save_dir_stops_naming_the_holder_until_it_dies(tmp_path
         assert text.startswith(f"{tmp_path}: in use by another training run (PID {holder.pid} on ")
         assert "\n" not in text
         assert live_save.is_dir()
+        with pytest.raises(ck.CheckpointError) as early:  # the trainer's check before it builds anything
+            ck.refuse_if_in_use(tmp_path)
+        assert str(early.value) == text
     finally:
         holder.kill()
         holder.wait()
+    ck.refuse_if_in_use(tmp_path)
     release = ck.lock_save_dir(tmp_path)
     assert not live_save.exists()  # its writer is gone: now it is stale
     assert (tmp_path / ck.LOCK).read_text().startswith(f"{os.getpid()} on ")
     release()
+
+
+def test_the_early_check_writes_nothing(tmp_path):
+    ck.refuse_if_in_use(tmp_path / "checkpoint")
+    assert not (tmp_path / "checkpoint").exists()
 
 
 _FORKING_HOLDER = """

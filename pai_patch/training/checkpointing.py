@@ -287,6 +287,20 @@ def _drop_inherited_locks() -> None:
 os.register_at_fork(after_in_child=_drop_inherited_locks)
 
 
+def _flock(fd: int, root: Path) -> None:
+    """``flock(LOCK_EX)`` on ``fd``, the open ``root/LOCK``; else close it and name the run holding it."""
+    path = root / LOCK
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "unknown PID (starting)"
+        os.close(fd)
+        if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise CheckpointError(f"{path}: cannot lock the save directory ({err.strerror})") from None
+        raise CheckpointError(f"{root}: in use by another training run (PID {holder}, holding {path}); wait for "
+                              "it to finish or stop it, or use another output directory") from None
+
+
 def _take_lock(root: Path) -> int:
     """An open descriptor holding ``flock(LOCK_EX)`` on ``root/LOCK``, which records our PID and host.
 
@@ -297,39 +311,61 @@ def _take_lock(root: Path) -> int:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
         raise CheckpointError(f"{path}: cannot create the run lock ({err.strerror})") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as err:
-        holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "unknown PID (starting)"
-        os.close(fd)
-        if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise CheckpointError(f"{path}: cannot lock the save directory ({err.strerror})") from None
-        raise CheckpointError(f"{root}: in use by another training run (PID {holder}, holding {path}); wait for "
-                              "it to finish or stop it, or use another output directory") from None
+    _flock(fd, root)
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()} on {socket.gethostname()}\n".encode(), 0)
     _HELD_LOCKS.add(fd)
     return fd
 
 
-def lock_save_dir(root: str | Path) -> Callable[[], None]:
-    """Make this job the only writer of ``root``, then remove what killed runs left; returns the release.
+def _on_rank0(step: Callable[[], Any]) -> Any:
+    """Run ``step`` on rank 0 alone and raise its CheckpointError on every rank.
 
-    Rank 0 of the job takes the lock (the save directory is shared by every node under DLC,
-    so the lock is per job, not per process) and every rank raises its verdict, so none waits
-    in a collective for a rank that gave up.  Stale temporaries are removed only under the lock."""
-    root = Path(root)
-    rank = world()[0]
-    fd, problem = None, None
-    if rank == 0:
+    The save directory is shared by every node under DLC, so its lock is the job's, not each
+    process's; the other ranks wait for rank 0's verdict instead of one of them giving up while
+    the others block in the next collective."""
+    result, problem = None, None
+    if world()[0] == 0:
         try:
-            fd = _take_lock(root)
-            _clean_stale(root)
+            result = step()
         except CheckpointError as err:
             problem = str(err)
     problem = _broadcast(problem)
     if problem:
         raise CheckpointError(problem)
+    return result
+
+
+def refuse_if_in_use(root: str | Path) -> None:
+    """Stop at once, before the model is built or a checkpoint loaded, when another run holds ``root``.
+
+    Writes nothing (the lock itself is taken once the datasets open, :func:`lock_save_dir`)."""
+    root = Path(root)
+
+    def probe() -> None:
+        try:
+            fd = os.open(root / LOCK, os.O_RDWR)
+        except OSError:  # no lock file yet (or none we may open): lock_save_dir reports what matters
+            return
+        _flock(fd, root)
+        os.close(fd)  # releases it
+
+    _on_rank0(probe)
+
+
+def lock_save_dir(root: str | Path) -> Callable[[], None]:
+    """Make this job the only writer of ``root``, then remove what killed runs left; returns the release.
+
+    Rank 0 of the job takes the lock and every rank raises its verdict (:func:`_on_rank0`).
+    Stale temporaries are removed only under the lock."""
+    root = Path(root)
+
+    def take() -> int:
+        taken = _take_lock(root)
+        _clean_stale(root)
+        return taken
+
+    fd = _on_rank0(take)
 
     def release() -> None:
         if fd is not None:

@@ -194,6 +194,7 @@ class Trainer:
         from pai_patch.parallel import init_model_parallel, init_process_group, validate_layout, world_size_from_env
         from pai_patch.patches import apply_patches
         from pai_patch.training.backend import choose_backend
+        from pai_patch.training.checkpointing import refuse_if_in_use
         from pai_patch.training.moe_stats import ExpertTokenCounter
         from pai_patch.training.data import tokenizer_for
         from pai_patch.training.vocab_check import check_vocabulary
@@ -213,6 +214,9 @@ class Trainer:
         check_vocabulary(cfg, size, self.tokenizer)
         init_process_group()
         init_model_parallel(self.rt)
+        self.output = Path(cfg.output_dir)
+        self.save_root = Path(cfg.checkpoint.save) if cfg.checkpoint.save else self.output / "checkpoint"
+        refuse_if_in_use(self.save_root)  # before building the model or loading a checkpoint another run writes
         _seed_everything(t.seed)
         self.dp_size = layout.dp
         self.dp_rank = ps.get_data_parallel_rank()
@@ -225,8 +229,6 @@ class Trainer:
         self.optimizer, self.scheduler = _optimizer(cfg, self.model, self.rt)
         self.expert_tokens = ExpertTokenCounter(self.model, self.rt.sequence_parallel)
         self._hook_config()
-        self.output = Path(cfg.output_dir)
-        self.save_root = Path(cfg.checkpoint.save) if cfg.checkpoint.save else self.output / "checkpoint"
         self.iteration, self.consumed = self._restore()
 
     def _hook_config(self) -> None:

@@ -184,7 +184,9 @@ def test_second_run_on_a_live_runs_directory_stops_and_the_kill_frees_it(zygote,
             time.sleep(0.01)
         assert first.poll() is None, first.text()[-3000:]
         before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.iterdir() if p.is_file()}
-        line = error_line(zygote.launch(argv, out / "log2"))
+        second = zygote.launch(argv, out / "log2")
+        line = error_line(second)
+        assert "resumed from" not in second.text(), "the second run loaded a checkpoint before stopping"
         assert line.startswith(f"error: {root}: in use by another training run (PID {first.pid} on "
                                f"{socket.gethostname()}, holding {root / '.run.lock'})"), line
         assert first.poll() is None, "the second run disturbed the first"
