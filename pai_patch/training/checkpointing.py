@@ -1,7 +1,7 @@
 """Training checkpoints: torch_dist (megatron-core dist_checkpointing), atomic, resumable.
 
 Layout is Megatron-LM's (``iter_0000100/`` + ``latest_checkpointed_iteration.txt``) so
-other Megatron tools can read it, with three guarantees the original lacks:
+other Megatron tools can read it, with four guarantees the original lacks:
 
 * the optimizer, LR scheduler, RNG states and data position are saved, so a resumed run
   continues bit for bit;
