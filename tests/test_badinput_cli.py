@@ -154,7 +154,8 @@ RUNTIME_CASES: list[tuple[str, str, str]] = [
 ]
 
 #: documented here, checked by the fault suite (tests/faults/test_disk_data_nan.py, test_save_rank_failure.py,
-#: test_badinput_runtime.py), tests/test_reliability_vocab.py and tests/test_reliability_checkpoint.py
+#: test_badinput_runtime.py, test_kill_resume.py), tests/test_reliability_vocab.py, tests/test_reliability_checkpoint.py
+#: and tests/test_checkpoint_readers.py
 FAULT_ROWS: list[tuple[str, str]] = [
     ("train: corrupt `.idx` (cut short)", "error: data.train_path: `<prefix>.idx`: N bytes, but the header's S "
      "sequences and D document indices need M"),
@@ -174,6 +175,15 @@ FAULT_ROWS: list[tuple[str, str]] = [
      "error: `<save>/iter_N`: its optimizer state was saved without the distributed optimizer, which this run uses; "
      "resume with parallel.distributed_optimizer=false (recipes: do=false), or start from its weights only "
      "(checkpoint.load=<that run's checkpoint dir>, checkpoint.finetune=true)"),
+    ("train: a second run on the output directory of a live run (under torchrun/DLC: per job)", "error: `<save>`: "
+     "in use by another training run (PID P on H, holding `<save>/.run.lock`); wait for it to finish or stop it, "
+     "or use another output directory"),
+    ("convert mcore2hf / generate / serve / fine-tune from `checkpoint.load`: a checkpoint file damaged (flipped "
+     "bits, truncated, missing)", "error: `<file>`: CRC-32 X, expected Y; the file is corrupt; iteration N of "
+     "`<ckpt>` not read (--no-verify reads it anyway)"),
+    ("the same readers: a trainer's save without its completeness marker (half-written)", "error: `<save>/iter_N`: "
+     "no COMPLETE.json; the checkpoint was not completely written; iteration N of `<save>` not read (--no-verify "
+     "reads it anyway)"),
     ("train: loss NaN/Inf", "error: non-finite loss at iteration N on rank(s) R (skip budget B used up)"),
     ("train: tokenizer with more ids than the model's embedding", "error: data.tokenizer: `<tokenizer>` (N ids, "
      "fingerprint F) has more ids than model `<family>` `<size>` has embedding rows (R: vocab_size V padded to a "

@@ -129,7 +129,8 @@ def test_mcore2hf_missing_tensor_in_legacy(hf, tmp_path):
     del checkpoint["model"]["decoder.layers.3.mlp.linear_fc2.weight"]
     torch.save(checkpoint, path)
     with model_parallel(), pytest.raises(ValueError, match=r"missing tensor decoder\.layers\.3\.mlp\.linear_fc2\.weight"):
-        mcore_to_hf(get_family("qwen2_5"), None, tmp_path / "mc", tmp_path / "back", hf)
+        # the edited file no longer matches the completeness marker: skip that check to reach this one
+        mcore_to_hf(get_family("qwen2_5"), None, tmp_path / "mc", tmp_path / "back", hf, verify=False)
     assert leftovers(tmp_path / "back") == []
 
 

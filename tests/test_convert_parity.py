@@ -72,6 +72,7 @@ def test_verify_command_and_negative_control(tmp_path):
     qkv = checkpoint["model"]["decoder.layers.1.self_attention.linear_qkv.weight"]
     qkv[:32], qkv[96:128] = qkv[96:128].clone(), qkv[:32].clone()  # heads of two query groups
     torch.save(checkpoint, path)
+    (tmp_path / "mc" / "release" / "COMPLETE.json").unlink()  # edited as by another tool, which writes no marker
     bad = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 1 and "NOT within" in bad.stdout
 

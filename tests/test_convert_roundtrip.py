@@ -79,7 +79,7 @@ def test_round_trip_fp32_is_bit_exact(hf_dirs, tmp_path, family_name, fmt, tp, p
     assert_same_tensors(read_hf(hf), read_hf(back))
     assert len(list(back.glob("*.safetensors"))) > 1  # sharded, with an index
     if fmt == "legacy":
-        ranks = sorted(p.name for p in (tmp_path / "mcore" / "release").iterdir())
+        ranks = sorted(p.name for p in (tmp_path / "mcore" / "release").iterdir() if p.is_dir())
         assert len(ranks) == tp * pp and ranks[0] == ("mp_rank_00_000" if pp > 1 else "mp_rank_00")
 
 
@@ -121,6 +121,7 @@ def test_te_names_both_ways(hf_dirs, tmp_path):
         assert not any(k.endswith("input_layernorm.weight") for k in state)
         state["decoder.layers.0.mlp.linear_fc1._extra_state"] = None  # as TE writes it
         torch.save(checkpoint, path)
+        (tmp_path / "te" / "release" / "COMPLETE.json").unlink()  # Megatron-LM writes no marker
         mcore_to_hf(family, None, tmp_path / "te", tmp_path / "back", hf)
         model = family.build(family.size("tiny"), Runtime())
         assert load_model_checkpoint([model], str(tmp_path / "te")) == 0

@@ -128,3 +128,22 @@ def test_a_learning_rate_megatron_would_assert_on_stops_the_pipeline_before_any_
     with pytest.raises(ConfigError, match=r"optim\.lr \(1e-06\) is below optim\.min_lr \(0\.0002\)"):
         run_stage("pipeline", [f"recipe={name}", f"output={tmp_path}", "sft.optim.lr=1e-6"])
     assert capsys.readouterr().out == ""  # not even the data stage started
+
+
+@pytest.mark.parametrize("stage,override", [("export", "export.verify=false"), ("generate", "generate.verify=false"),
+                                            ("serve", "generate.verify=false")])
+def test_readers_stages_pass_no_verify_only_when_the_recipe_turns_the_check_off(stage, override, tmp_path, capsys,
+                                                                                 monkeypatch) -> None:
+    """export (mcore2hf), generate and serve check the checkpoint they read unless the recipe says otherwise."""
+    from pai_patch.cli import main
+
+    monkeypatch.setenv("DRY_RUN", "1")
+    (tmp_path / "sft" / "checkpoint").mkdir(parents=True)
+    (tmp_path / "sft" / "checkpoint" / "latest_checkpointed_iteration.txt").write_text("2\n")
+    commands = []
+    for extra in ([], [override]):
+        assert main(["stage", stage, "recipe=qwen2_5", f"output={tmp_path}", *extra]) == 0
+        commands.append([line for line in capsys.readouterr().out.splitlines() if line.startswith("+ ")][-1])
+    assert "--no-verify" not in commands[0].split()
+    assert commands[1].split().count("--no-verify") == 1
+    assert [arg for arg in commands[1].split() if arg != "--no-verify"] == commands[0].split()

@@ -93,6 +93,19 @@ def test_load_error_names_tracker_and_older_checkpoints(tmp_path, fake_save):
     assert "common.pt: CRC-32" in text and "= 4)" in text and "other checkpoints here: iter_0000002" in text
 
 
+def test_resume_with_verify_off_reads_unchecked_and_warns(tmp_path, fake_save, capsys):
+    """checkpoint.verify=false: the damaged file is not reported by the check (the loader then
+    meets it), and one warning line says the check was skipped."""
+    _save(tmp_path, 2)
+    (tmp_path / "iter_0000002" / "common.pt").write_bytes(b"COMMON")  # same size, other bytes
+    with pytest.raises(Exception) as err:  # noqa: PT011 - whatever megatron-core makes of the fake files
+        ck.load_checkpoint(tmp_path, [], None, None, world_size=1, model_layout={"tp": 1, "pp": 1}, verify=False)
+    assert "CRC-32" not in str(err.value)
+    assert capsys.readouterr().err == (f"warning: checkpoint.verify=false: reading {tmp_path / 'iter_0000002'} "
+                                       "without checking its completeness marker and checksums; a damaged "
+                                       "checkpoint loads wrong\n")
+
+
 @pytest.mark.parametrize("error,hint", [
     (OSError(errno.ENOSPC, "No space left on device"), " (disk full or over quota)"),
     (OSError(errno.EFBIG, "File too large"), " (file size limit reached"),
@@ -168,7 +181,86 @@ def test_stale_temporary_dirs_are_removed_and_never_latest(tmp_path, fake_save):
     (tmp_path / ".trash-iter_0000002-cafe").mkdir()
     assert ck.complete_iterations(tmp_path) == []
     _save(tmp_path, 2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_0000002", ck.TRACKER]
+    assert (tmp_path / ".tmp-iter_0000006-deadbeef").is_dir(), "a save without the run lock removed a temp"
+    release = ck.lock_save_dir(tmp_path)
+    release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ck.LOCK, "iter_0000002", ck.TRACKER]
+
+
+_HOLDER = """
+import sys, time
+from pai_patch.training.checkpointing import lock_save_dir
+lock_save_dir(sys.argv[1])
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def test_second_run_on_a_save_dir_stops_naming_the_holder_until_it_dies(tmp_path):
+    """Another process (another run of the job) holds the directory: this one stops at once with
+    one line naming the directory and the holder's PID, and leaves the holder's save in progress
+    alone; once the holder is SIGKILLed the lock is free (the kernel dropped it)."""
+    import subprocess
+    import sys
+
+    live_save = tmp_path / ".tmp-iter_0000004-0123456789ab"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        live_save.mkdir()
+        with pytest.raises(ck.CheckpointError) as err:
+            ck.lock_save_dir(tmp_path)
+        text = str(err.value)
+        assert text.startswith(f"{tmp_path}: in use by another training run (PID {holder.pid} on ")
+        assert "\n" not in text
+        assert live_save.is_dir()
+        with pytest.raises(ck.CheckpointError) as early:  # the trainer's check before it builds anything
+            ck.refuse_if_in_use(tmp_path)
+        assert str(early.value) == text
+    finally:
+        holder.kill()
+        holder.wait()
+    ck.refuse_if_in_use(tmp_path)
+    release = ck.lock_save_dir(tmp_path)
+    assert not live_save.exists()  # its writer is gone: now it is stale
+    assert (tmp_path / ck.LOCK).read_text().startswith(f"{os.getpid()} on ")
+    release()
+
+
+def test_the_early_check_writes_nothing(tmp_path):
+    ck.refuse_if_in_use(tmp_path / "checkpoint")
+    assert not (tmp_path / "checkpoint").exists()
+
+
+_FORKING_HOLDER = """
+import os, sys, time
+from pai_patch.training.checkpointing import lock_save_dir
+lock_save_dir(sys.argv[1])
+child = os.fork()
+if child == 0:
+    time.sleep(600)
+    os._exit(0)
+print(child, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_forked_child_of_a_killed_run_does_not_keep_the_lock(tmp_path):
+    """megatron's checkpoint writers are forked from the training process and outlive its kill -9
+    until their write ends: they must not keep the directory locked against the resume."""
+    import signal
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", _FORKING_HOLDER, str(tmp_path)], stdout=subprocess.PIPE,
+                              text=True)
+    child = int(holder.stdout.readline())
+    try:
+        holder.kill()
+        holder.wait()
+        ck.lock_save_dir(tmp_path)()
+    finally:
+        os.kill(child, signal.SIGKILL)
 
 
 def test_checkpoint_error_is_a_one_line_cli_error(tmp_path):
@@ -185,7 +277,7 @@ def test_every_rank_reports_the_rank_whose_write_failed(tmp_path, monkeypatch):
     ranks then raise the same line naming rank 1, with rank 1's own disk hint."""
     from torch.distributed.checkpoint.api import CheckpointException
 
-    monkeypatch.setattr(ck, "_world", lambda: (0, 2))
+    monkeypatch.setattr(ck, "world", lambda: (0, 2))
     on_rank0 = ck._failure(CheckpointException("write", {1: (RuntimeError("Worker failure: pos 704"), None)}),
                            tmp_path)
     assert on_rank0.blamed == (1,) and on_rank0.reason == "RuntimeError: Worker failure: pos 704"
@@ -198,7 +290,7 @@ def test_every_rank_reports_the_rank_whose_write_failed(tmp_path, monkeypatch):
 
 def test_rank0_only_write_failure_is_named(tmp_path, monkeypatch):
     """common.pt / the marker are rank 0's alone: its failure is reported as rank 0's on every rank."""
-    monkeypatch.setattr(ck, "_world", lambda: (1, 2))
+    monkeypatch.setattr(ck, "world", lambda: (1, 2))
     failure = ck._Failure(" (disk full or over quota)", "[Errno 28] No space left on device", (0,))
     text = str(ck._save_error(tmp_path / "iter_0000002", tmp_path, {0: failure}))
     assert text.startswith(f"saving {tmp_path / 'iter_0000002'} failed on rank 0 (disk full or over quota): ")

@@ -49,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="HF checkpoint the config and tokenizer are copied from")
     to_hf.add_argument("--dtype", choices=DTYPE_CHOICES, help="output precision (default: as stored)")
     to_hf.add_argument("--max-shard-size", type=_size_bytes, default="2GB", help="safetensors shard size, e.g. 2GB")
+    to_hf.add_argument("--no-verify", action="store_true",
+                       help="export even if the checkpoint's completeness marker or checksums fail (warns)")
 
     check = sub.add_parser("verify", help="compare logits of the HF and the Megatron-Core model on one batch")
     check.add_argument("--hf", required=True, type=Path)
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
                   + ")")
         else:
             engine.mcore_to_hf(family, args.size, args.mcore, args.hf, args.source_hf, dtype=args.dtype,
-                               max_shard_bytes=args.max_shard_size)
+                               max_shard_bytes=args.max_shard_size, verify=not args.no_verify)
             print(f"wrote {args.hf}")
     return 0
 

@@ -25,6 +25,7 @@ from pai_patch.convert import dist, legacy
 from pai_patch.convert.layout import (Group, Item, StageMap, check_layout, full_shape, groups, hf_shapes,
                                       local_expert, shard, to_hf, to_mcore, unshard)
 from pai_patch.convert.mapping import Fuse, Scope, Split, WeightMapping
+from pai_patch.convert.marker import check_before_reading, describe_files, write_marker
 from pai_patch.convert.safetensors_stream import INDEX, SafetensorsReader, ShardedSafetensorsWriter
 from pai_patch.models.base import ModelSize, read_hf_config
 from pai_patch.utils import atomic_path, require_space, short_write_error
@@ -160,6 +161,7 @@ def hf_to_mcore(family: "ModelFamily", size_name: str | None, hf_dir: Path, out_
                 _write_legacy(model, source, iter_dir, meta, layout, use_te)
         except (RuntimeError, CheckpointException) as err:  # torch's writer on a full disk: "unexpected pos 704 vs 598"
             raise short_write_error(err, out_dir) or err from err
+        write_marker(iter_dir, describe_files(iter_dir))  # readers then refuse it if damaged, as a trainer's save
         (tmp / legacy.TRACKER).write_text("release")
     return model
 
@@ -227,9 +229,10 @@ def _write_legacy(model: Model, source: HfSource, iter_dir: Path, meta: dict, la
 class McoreSource:
     """Full Megatron tensors from a legacy or torch_dist checkpoint (a trainer's checkpoint included)."""
 
-    def __init__(self, model: Model, ckpt_dir: Path) -> None:
+    def __init__(self, model: Model, ckpt_dir: Path, *, verify: bool = True) -> None:
         self.model = model
-        self.iter_dir, _ = legacy.read_tracker(ckpt_dir)
+        self.iter_dir, iteration = legacy.read_tracker(ckpt_dir)
+        check_before_reading(ckpt_dir, self.iter_dir, iteration, verify=verify)
         self.dist = dist.DistReader(self.iter_dir, **model.dist_layout) if dist.is_dist(self.iter_dir) else None
         if self.dist is None:
             self.layout = legacy.LegacyLayout.detect(self.iter_dir)
@@ -342,14 +345,16 @@ class McoreSource:
 
 
 def mcore_to_hf(family: "ModelFamily", size_name: str | None, ckpt_dir: Path, out_dir: Path, source_hf: Path, *,
-                dtype: str | None = None, max_shard_bytes: int = 2 << 30) -> Model:
-    """Convert a Megatron-Core checkpoint into an HF directory loadable by ``from_pretrained``."""
+                dtype: str | None = None, max_shard_bytes: int = 2 << 30, verify: bool = True) -> Model:
+    """Convert a Megatron-Core checkpoint into an HF directory loadable by ``from_pretrained``.
+
+    ``verify=False`` skips the check of the checkpoint's completeness marker and checksums."""
     _ensure_absent(out_dir)
     if not (source_hf / "config.json").exists():
         raise FileNotFoundError(f"{source_hf / 'config.json'}: missing; --source-hf must be the HF checkpoint "
                                 "the config and tokenizer come from")
     model = Model.resolve(family, size_name, source_hf)
-    source = McoreSource(model, ckpt_dir)
+    source = McoreSource(model, ckpt_dir, verify=verify)
     out_dtype = DTYPES[dtype] if dtype else source.dtype()
     plan = [(name, model.shapes[name], out_dtype) for g in model.groups for i in g.items for name in i.hf_names]
     with atomic_path(out_dir, is_dir=True) as tmp:

@@ -17,11 +17,17 @@ from typing import Iterator
 import torch
 
 from pai_patch.convert import dist, legacy
+from pai_patch.convert.marker import check_before_reading
 
 
-def load_model_checkpoint(model_chunks: list[torch.nn.Module], ckpt_dir: str, *, strict: bool = True) -> int:
-    """Fill ``model_chunks`` from the checkpoint in ``ckpt_dir``; returns its iteration (0 for ``release``)."""
+def load_model_checkpoint(model_chunks: list[torch.nn.Module], ckpt_dir: str, *, strict: bool = True,
+                          verify: bool = True, override: str = "--no-verify") -> int:
+    """Fill ``model_chunks`` from the checkpoint in ``ckpt_dir``; returns its iteration (0 for ``release``).
+
+    A checkpoint whose completeness marker or checksums fail is refused unless ``verify=False``
+    (``override`` is the user's switch for that, which the refusal names)."""
     iter_dir, iteration = legacy.read_tracker(ckpt_dir)
+    check_before_reading(Path(ckpt_dir), iter_dir, iteration, verify=verify, override=override)
     if dist.is_dist(iter_dir):
         _load_dist(model_chunks, iter_dir, strict)
     else:

@@ -34,6 +34,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=PRECISIONS[:3], default="fp32")
     parser.add_argument("--chat", action="store_true", help="wrap each prompt in the tokenizer's chat template")
     parser.add_argument("--max-prompt-tokens", type=int, help="reject prompts longer than this")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="load the --mcore checkpoint even if its completeness marker or checksums fail (warns)")
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,7 +101,7 @@ def opened_model(args: argparse.Namespace, *, tp: int = 1) -> Iterator[tuple[Dec
     tokenizer = load_tokenizer(args.tokenizer or SHIPPED_TOKENIZER)
     rt = Runtime(tp=tp, precision=args.precision)
     with model_parallel(rt):
-        yield mcore_decoder(args.mcore, args.family, args.size, rt), tokenizer
+        yield mcore_decoder(args.mcore, args.family, args.size, rt, verify=not args.no_verify), tokenizer
 
 
 def _rank0_token(token: int) -> int:

@@ -45,8 +45,10 @@ def check_mcore_dir(ckpt_dir: str | Path) -> Path:
     return ckpt_dir
 
 
-def mcore_decoder(ckpt_dir: str | Path, family_name: str, size_name: str | None, rt: Runtime) -> McoreDecoder:
-    """Build the family's model for this TP rank and load its shard of the checkpoint.
+def mcore_decoder(ckpt_dir: str | Path, family_name: str, size_name: str | None, rt: Runtime, *,
+                  verify: bool = True) -> McoreDecoder:
+    """Build the family's model for this TP rank and load its shard of the checkpoint
+    (refused when its completeness marker or checksums fail, unless ``verify=False``).
 
     Must run inside :func:`pai_patch.parallel.model_parallel` with ``rt``.
     """
@@ -62,5 +64,5 @@ def mcore_decoder(ckpt_dir: str | Path, family_name: str, size_name: str | None,
     model = family.build(size, rt)
     if torch.cuda.is_available():
         model = model.cuda()
-    load_model_checkpoint([model], ckpt_dir)
+    load_model_checkpoint([model], ckpt_dir, verify=verify)
     return McoreDecoder(model, size.vocab_size)

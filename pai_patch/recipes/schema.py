@@ -56,6 +56,8 @@ class TrainStage:
 @dataclass
 class ExportStage:
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    #: false exports a checkpoint whose completeness marker or checksums fail (`mcore2hf --no-verify`, warns)
+    verify: bool = True
 
 
 @dataclass
@@ -83,6 +85,8 @@ class GenerateStage:
     repetition_penalty: float = 1.0
     #: wrap prompts in the tokenizer's chat template (models after SFT)
     chat: bool = False
+    #: false loads (generate, serve) a checkpoint whose completeness marker or checksums fail (`--no-verify`, warns)
+    verify: bool = True
 
 
 @dataclass

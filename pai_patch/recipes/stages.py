@@ -257,7 +257,7 @@ def stage_export(recipe: Recipe, p: Paths) -> None:
         shutil.rmtree(p.hf_export)
     run_command(_python("convert", "mcore2hf", "--model", recipe.model.family, "--size", recipe.model.size,
                         "--mcore", str(ckpt), "--hf", str(p.hf_export), "--source-hf", str(hf),
-                        "--dtype", recipe.export.dtype))
+                        "--dtype", recipe.export.dtype, *([] if recipe.export.verify else ["--no-verify"])))
     mark_done(p.hf_export, fp)
 
 
@@ -315,7 +315,7 @@ def _model_and_sampling_args(recipe: Recipe, ckpt: Path) -> list[str]:
     return ["--mcore", str(ckpt), "--family", recipe.model.family, "--size", recipe.model.size,
             "--max-new-tokens", str(g.max_new_tokens), "--top-k", str(g.top_k), "--top-p", str(g.top_p),
             "--temperature", str(g.temperature), "--repetition-penalty", str(g.repetition_penalty),
-            *(["--chat"] if g.chat else [])]
+            *(["--chat"] if g.chat else []), *([] if g.verify else ["--no-verify"])]
 
 
 def _python(*args: str) -> list[str]:

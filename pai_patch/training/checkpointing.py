@@ -1,26 +1,29 @@
 """Training checkpoints: torch_dist (megatron-core dist_checkpointing), atomic, resumable.
 
 Layout is Megatron-LM's (``iter_0000100/`` + ``latest_checkpointed_iteration.txt``) so
-other Megatron tools can read it, with three guarantees the original lacks:
+other Megatron tools can read it, with four guarantees the original lacks:
 
 * the optimizer, LR scheduler, RNG states and data position are saved, so a resumed run
   continues bit for bit;
 * an iteration directory is written under a temporary name and renamed when complete,
   then the tracker file is replaced atomically — a kill at any point leaves the previous
   checkpoint as ``latest``;
-* a ``COMPLETE`` marker listing every file with its size is verified before loading, so a
-  damaged checkpoint is reported by name instead of loading wrong.
+* a ``COMPLETE`` marker listing every file with its size and CRC-32 (pai_patch/convert/marker.py)
+  is verified before loading, here and by every other reader, so a damaged checkpoint is
+  reported by name instead of loading wrong;
+* one run at a time writes a save directory: rank 0 of the job holds an OS lock on ``LOCK``
+  in it for the run's life (released by the kernel when the process dies, so never stale).
 """
 
 from __future__ import annotations
 
 import errno
-import json
+import fcntl
 import logging
 import os
 import shutil
+import socket
 import uuid
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -28,18 +31,17 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from pai_patch.cli import CliError
+from pai_patch.convert.marker import (MARKER, CheckpointError, describe_files, gather, merge_shares, verify_marker,
+                                     warn_unverified, world, write_marker)
 from pai_patch.utils import fsync_dir, fsync_tree, write_text_atomic
 
 log = logging.getLogger(__name__)
 
 TRACKER = "latest_checkpointed_iteration.txt"
-MARKER = "COMPLETE.json"
+LOCK = ".run.lock"
+#: the training setting that reads checkpoints without checking them
+VERIFY_OFF = "checkpoint.verify=false"
 CHECKPOINT_VERSION = 3.0
-
-
-class CheckpointError(RuntimeError, CliError):
-    """A checkpoint that is missing, incomplete or does not fit the run (one-line CLI error)."""
 
 
 def iteration_dir(root: str | Path, iteration: int) -> Path:
@@ -77,95 +79,6 @@ def complete_iterations(root: str | Path) -> list[int]:
     """Iterations under ``root`` that carry a completeness marker, oldest first."""
     found = [(_iteration_of(p), p) for p in Path(root).glob("iter_*") if (p / MARKER).is_file()]
     return sorted(i for i, _ in found if i is not None)
-
-
-def file_crc32(path: Path, chunk: int = 1 << 22) -> int:
-    crc = 0
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            crc = zlib.crc32(block, crc)
-    return crc
-
-
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _gather(obj: Any) -> list[Any]:
-    rank, world = _world()
-    if world == 1:
-        return [obj]
-    out: list[Any] = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def _checkpoint_files(directory: Path) -> list[Path]:
-    return [p for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MARKER]
-
-
-def _describe_share(directory: Path) -> dict[str, dict[str, int]]:
-    """Size and CRC-32 of this rank's share of the files (rank r reads every world-th file)."""
-    rank, world = _world()
-    return {str(p.relative_to(directory)): {"size": p.stat().st_size, "crc32": file_crc32(p)}
-            for i, p in enumerate(_checkpoint_files(directory)) if i % world == rank}
-
-
-def _merge(shares: list[dict[str, dict[str, int]]]) -> dict[str, dict[str, int]]:
-    merged: dict[str, dict[str, int]] = {}
-    for share in shares:
-        merged.update(share)
-    return dict(sorted(merged.items()))
-
-
-def write_marker(directory: Path, files: dict[str, dict[str, int]]) -> None:
-    marker = directory / MARKER
-    with open(marker, "w", encoding="utf-8") as handle:
-        handle.write(json.dumps({"files": files}, indent=1))
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _check_files(directory: Path, expected: dict[str, Any], *, checksums: bool) -> str | None:
-    """The first problem with this rank's share of the files, or None."""
-    rank, world = _world()
-    for i, (name, entry) in enumerate(sorted(expected.items())):
-        size, crc = (entry, None) if isinstance(entry, int) else (entry.get("size"), entry.get("crc32"))
-        path = directory / name
-        if not path.is_file():
-            return f"{path}: missing from checkpoint {directory}; the checkpoint is incomplete"
-        if path.stat().st_size != size:
-            return f"{path}: {path.stat().st_size} bytes, expected {size}; the file is corrupt (truncated or overwritten)"
-        if checksums and crc is not None and i % world == rank and file_crc32(path) != crc:
-            return f"{path}: CRC-32 {file_crc32(path):08x}, expected {crc:08x}; the file is corrupt"
-    return None
-
-
-def verify_marker(directory: Path, *, checksums: bool = True) -> None:
-    """Raise CheckpointError naming the first missing or corrupt file of ``directory``.
-
-    Under torch.distributed every rank checks a share of the checksums and all ranks
-    raise the same error, so none is left waiting in a collective."""
-    directory = Path(directory)
-    problem = None
-    marker = directory / MARKER
-    if not directory.is_dir():
-        problem = f"{directory}: no such checkpoint directory"
-    elif not marker.is_file():
-        problem = f"{directory}: no {MARKER}; the checkpoint was not completely written"
-    else:
-        try:
-            expected = json.loads(marker.read_text())["files"]
-        except (ValueError, KeyError, TypeError):
-            expected = None
-            problem = f"{marker}: unreadable completeness marker; the checkpoint is corrupt"
-        if expected is not None:
-            problem = _check_files(directory, expected, checksums=checksums)
-    problems = [p for p in _gather(problem) if p]
-    if problems:
-        raise CheckpointError(problems[0])
 
 
 def _rng_state() -> dict[str, Any]:
@@ -241,7 +154,7 @@ def _state(model_chunks, optimizer, scheduler, *, is_loading: bool, extra: dict[
 
 def _agree(local: bool) -> bool:
     """True on every rank when any rank says True."""
-    if _world()[1] == 1:
+    if world()[1] == 1:
         return local
     flag = torch.tensor([1.0 if local else 0.0])
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
@@ -273,7 +186,7 @@ def _failure(err: BaseException, root: Path) -> _Failure:
         causes = [c[0] if isinstance(c, tuple) else c for c in listed.values()]
         reason = f"{type(causes[0]).__name__}: {_one_line(causes[0])}" if causes else _one_line(err)
         return _Failure(_disk_hint(err, root), reason, tuple(sorted(listed)))
-    return _Failure(_disk_hint(err, root), _one_line(err), (_world()[0],))
+    return _Failure(_disk_hint(err, root), _one_line(err), (world()[0],))
 
 
 def _on_all_ranks(step: Callable[[], Any], root: Path) -> Any:
@@ -289,7 +202,7 @@ def _on_all_ranks(step: Callable[[], Any], root: Path) -> Any:
         raise
     except BaseException as err:  # noqa: BLE001 - torch's CheckpointException is a BaseException
         failure = _failure(err, root)
-    failures = {rank: f for rank, f in enumerate(_gather(failure)) if f is not None}
+    failures = {rank: f for rank, f in enumerate(gather(failure)) if f is not None}
     if failures:
         raise _RankFailures(failures)
     return result
@@ -313,7 +226,7 @@ def _write_state(state: dict[str, Any], directory: Path, root: Path) -> None:
     _on_all_ranks(lambda: common_strategy.save_common(common, str(directory)), root)
     _on_all_ranks(lambda: sharded_strategy.save(sharded, str(directory)), root)
     config = CheckpointingConfig(sharded_strategy.backend, sharded_strategy.version)
-    _on_all_ranks(lambda: _world()[0] == 0 and save_config(config, str(directory)), root)
+    _on_all_ranks(lambda: world()[0] == 0 and save_config(config, str(directory)), root)
 
 
 def _save_error(final: Path, root: Path, failures: dict[int, _Failure]) -> CheckpointError:
@@ -326,12 +239,12 @@ def _save_error(final: Path, root: Path, failures: dict[int, _Failure]) -> Check
     reason = (explained or list(failures.values()))[0].reason
     hints = [failures[r].hint for r in culprits if r in failures] + [f.hint for f in failures.values()]
     hint = next((h for h in hints if h), "")
-    where = "" if _world()[1] == 1 else f" on rank{'s' if len(culprits) > 1 else ''} {', '.join(map(str, culprits))}"
+    where = "" if world()[1] == 1 else f" on rank{'s' if len(culprits) > 1 else ''} {', '.join(map(str, culprits))}"
     return CheckpointError(f"saving {final} failed{where}{hint}: {reason}; {kept_text}")
 
 
 def _broadcast(obj: Any) -> Any:
-    if _world()[1] == 1:
+    if world()[1] == 1:
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=0)
@@ -349,9 +262,116 @@ def _remove(path: Path) -> None:
 
 
 def _clean_stale(root: Path) -> None:
-    """Temporary and half-deleted directories left by a killed run (never loadable by name)."""
+    """Temporary and half-deleted directories left by a killed run (never loadable by name).
+
+    Only the holder of the directory's run lock may call this: another live run's save in
+    progress is also a ``.tmp-iter_*``."""
     for stale in list(root.glob(".tmp-iter_*")) + list(root.glob(".trash-iter_*")):
         shutil.rmtree(stale, ignore_errors=True)
+
+
+#: descriptors holding a run lock in this process
+_HELD_LOCKS: set[int] = set()
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child (megatron's checkpoint writers, data workers): close the run lock's descriptor.
+
+    flock belongs to the open file, which a fork shares: a writer orphaned by a killed run
+    would otherwise keep the directory locked against its resume."""
+    for fd in _HELD_LOCKS:
+        os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
+def _flock(fd: int, root: Path) -> None:
+    """``flock(LOCK_EX)`` on ``fd``, the open ``root/LOCK``; else close it and name the run holding it."""
+    path = root / LOCK
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "unknown PID (starting)"
+        os.close(fd)
+        if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise CheckpointError(f"{path}: cannot lock the save directory ({err.strerror})") from None
+        raise CheckpointError(f"{root}: in use by another training run (PID {holder}, holding {path}); wait for "
+                              "it to finish or stop it, or use another output directory") from None
+
+
+def _take_lock(root: Path) -> int:
+    """An open descriptor holding ``flock(LOCK_EX)`` on ``root/LOCK``, which records our PID and host.
+
+    flock belongs to the open file, so the kernel drops it when this process dies, however."""
+    path = root / LOCK
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot create the run lock ({err.strerror})") from None
+    _flock(fd, root)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    _HELD_LOCKS.add(fd)
+    return fd
+
+
+def _on_rank0(step: Callable[[], Any]) -> Any:
+    """Run ``step`` on rank 0 alone and raise its CheckpointError on every rank.
+
+    The save directory is shared by every node under DLC, so its lock is the job's, not each
+    process's; the other ranks wait for rank 0's verdict instead of one of them giving up while
+    the others block in the next collective."""
+    result, problem = None, None
+    if world()[0] == 0:
+        try:
+            result = step()
+        except CheckpointError as err:
+            problem = str(err)
+    problem = _broadcast(problem)
+    if problem:
+        raise CheckpointError(problem)
+    return result
+
+
+def refuse_if_in_use(root: str | Path) -> None:
+    """Stop at once, before the model is built or a checkpoint loaded, when another run holds ``root``.
+
+    Writes nothing (the lock itself is taken once the datasets open, :func:`lock_save_dir`)."""
+    root = Path(root)
+
+    def probe() -> None:
+        try:
+            fd = os.open(root / LOCK, os.O_RDWR)
+        except OSError:  # no lock file yet (or none we may open): lock_save_dir reports what matters
+            return
+        _flock(fd, root)
+        os.close(fd)  # releases it
+
+    _on_rank0(probe)
+
+
+def lock_save_dir(root: str | Path) -> Callable[[], None]:
+    """Make this job the only writer of ``root``, then remove what killed runs left; returns the release.
+
+    Rank 0 of the job takes the lock and every rank raises its verdict (:func:`_on_rank0`).
+    Stale temporaries are removed only under the lock."""
+    root = Path(root)
+
+    def take() -> int:
+        taken = _take_lock(root)
+        _clean_stale(root)
+        return taken
+
+    fd = _on_rank0(take)
+
+    def release() -> None:
+        if fd is not None:
+            _HELD_LOCKS.discard(fd)
+            os.close(fd)
+    return release
 
 
 def _one_line(err: BaseException) -> str:
@@ -400,7 +420,7 @@ def save_checkpoint(root: str | Path, iteration: int, model_chunks, optimizer, s
     same CheckpointError naming the failed rank; the previous checkpoint stays ``latest``."""
     root = Path(root)
     final = iteration_dir(root, iteration)
-    rank = _world()[0]
+    rank = world()[0]
     previous = read_tracker(root)
     # a rerun that resumed at its last iteration must not rewrite the checkpoint it loaded
     if _agree(rank == 0 and previous == iteration and (final / MARKER).is_file()):
@@ -412,7 +432,6 @@ def save_checkpoint(root: str | Path, iteration: int, model_chunks, optimizer, s
     def make_tmp() -> None:
         if rank == 0:
             root.mkdir(parents=True, exist_ok=True)
-            _clean_stale(root)
             tmp.mkdir()
 
     def commit(files: dict[str, dict[str, int]]) -> None:
@@ -432,7 +451,7 @@ def save_checkpoint(root: str | Path, iteration: int, model_chunks, optimizer, s
         state = _on_all_ranks(lambda: _state(model_chunks, optimizer, scheduler, is_loading=False, extra=extra,
                                              sharding=sharding), root)
         _write_state(state, tmp, root)
-        files = _merge(_gather(_on_all_ranks(lambda: _describe_share(tmp), root)))
+        files = merge_shares(gather(_on_all_ranks(lambda: describe_files(tmp, *world()), root)))
         _on_all_ranks(lambda: commit(files), root)
     except _RankFailures as err:
         if rank == 0:
@@ -440,7 +459,7 @@ def save_checkpoint(root: str | Path, iteration: int, model_chunks, optimizer, s
         raise _save_error(final, root, err.failures) from None
     if rank == 0 and keep_last:
         _apply_retention(root, keep_last)
-    if _world()[1] > 1:
+    if world()[1] > 1:
         dist.barrier()
     return final
 
@@ -511,8 +530,10 @@ def _layout(layout: dict[str, Any]) -> str:
 
 
 def load_checkpoint(root: str | Path, model_chunks, optimizer, scheduler, *, world_size: int,
-                    model_layout: dict[str, Any]) -> dict[str, Any]:
-    """Resume everything from the tracker's iteration; returns iteration and consumed samples."""
+                    model_layout: dict[str, Any], verify: bool = True) -> dict[str, Any]:
+    """Resume everything from the tracker's iteration; returns iteration and consumed samples.
+
+    ``verify=False`` (``checkpoint.verify=false``) skips the marker and CRC check, with a warning."""
     from megatron.core import dist_checkpointing
 
     iteration = read_tracker(root)
@@ -520,7 +541,10 @@ def load_checkpoint(root: str | Path, model_chunks, optimizer, scheduler, *, wor
         raise CheckpointError(f"{root}: no {TRACKER}; nothing to resume from")
     directory = iteration_dir(root, iteration)
     try:
-        verify_marker(directory)
+        if verify:
+            verify_marker(directory)
+        else:
+            warn_unverified(directory, VERIFY_OFF)
     except CheckpointError as err:
         others = [i for i in complete_iterations(root) if i != iteration]
         hint = (f"; other checkpoints here: {', '.join(iteration_dir(root, i).name for i in others)} "

@@ -153,6 +153,9 @@ class CheckpointSection:
     #: ``fully_reshardable`` gathers the state into model-shaped tensors on every DP rank while saving (host
     #: memory about 3x the fp32 model, ~9x measured on CPU): resumable at any layout.
     optimizer_format: Literal["dp_reshardable", "fully_reshardable"] = "dp_reshardable"
+    #: check the completeness marker and CRC-32s of what is resumed or loaded (`load`); false reads it
+    #: unchecked, with a warning (a damaged checkpoint then loads wrong)
+    verify: bool = True
 
 
 @dataclass

@@ -181,6 +181,7 @@ class Trainer:
         from pai_patch.parallel import init_model_parallel, init_process_group, validate_layout, world_size_from_env
         from pai_patch.patches import apply_patches
         from pai_patch.training.backend import backend_runtime
+        from pai_patch.training.checkpointing import refuse_if_in_use
         from pai_patch.training.moe_stats import ExpertTokenCounter
         from pai_patch.training.data import tokenizer_for
         from pai_patch.training.vocab_check import check_vocabulary
@@ -199,6 +200,9 @@ class Trainer:
         apply_patches()  # after every check of the job, so that a bad job prints its one error line and nothing else
         init_process_group()
         init_model_parallel(self.rt)
+        self.output = Path(cfg.output_dir)
+        self.save_root = Path(cfg.checkpoint.save) if cfg.checkpoint.save else self.output / "checkpoint"
+        refuse_if_in_use(self.save_root)  # before building the model or loading a checkpoint another run writes
         _seed_everything(t.seed)
         self.dp_size = layout.dp
         self.dp_rank = ps.get_data_parallel_rank()
@@ -211,8 +215,6 @@ class Trainer:
         self.optimizer, self.scheduler = _optimizer(cfg, self.model, self.rt)
         self.expert_tokens = ExpertTokenCounter(self.model, self.rt.sequence_parallel)
         self._hook_config()
-        self.output = Path(cfg.output_dir)
-        self.save_root = Path(cfg.checkpoint.save) if cfg.checkpoint.save else self.output / "checkpoint"
         self.iteration, self.consumed = self._restore()
 
     def _hook_config(self) -> None:
@@ -231,21 +233,22 @@ class Trainer:
         return {"tp": rt.tp, "pp": rt.pp, "ep": rt.ep, "etp": rt.etp, "vp": rt.vp, "pp0_layers": rt.pp0_layers}
 
     def _restore(self) -> tuple[int, int]:
-        from pai_patch.training.checkpointing import is_training_checkpoint, load_checkpoint, read_tracker, unwrap
+        from pai_patch.training.checkpointing import (VERIFY_OFF, is_training_checkpoint, load_checkpoint, read_tracker,
+                                                      unwrap)
 
         ck = self.cfg.checkpoint
         if read_tracker(self.save_root) is not None:
             state = load_checkpoint(self.save_root, self.model, self.optimizer, self.scheduler, world_size=self.world,
-                                    model_layout=self.model_layout)
+                                    model_layout=self.model_layout, verify=ck.verify)
             return state["iteration"], state["consumed_samples"]
         if ck.load:
             if not ck.finetune and is_training_checkpoint(ck.load):
                 state = load_checkpoint(ck.load, self.model, self.optimizer, self.scheduler, world_size=self.world,
-                                        model_layout=self.model_layout)
+                                        model_layout=self.model_layout, verify=ck.verify)
                 return state["iteration"], state["consumed_samples"]
             from pai_patch.convert.io import load_model_checkpoint
 
-            load_model_checkpoint([unwrap(m) for m in self.model], ck.load)
+            load_model_checkpoint([unwrap(m) for m in self.model], ck.load, verify=ck.verify, override=VERIFY_OFF)
             log.info("loaded weights from %s", ck.load)
         return 0, 0
 
@@ -315,16 +318,20 @@ class Trainer:
                         keep_last=self.cfg.checkpoint.keep_last)
 
     def fit(self) -> dict[str, Any]:
+        from pai_patch.training.checkpointing import lock_save_dir
         from pai_patch.training.monitor import Monitor
         from pai_patch.training.signals import StopRequest
 
         cfg, t = self.cfg, self.cfg.train
+        train_ds, valid_ds = self._datasets()
+        iterators = self._iterators(train_ds, self.iteration)
+        # after the datasets open (bad data writes nothing), before this run writes its lock.json, metrics or
+        # checkpoints (a second run on the directory stops here, before touching the first one's)
+        release_lock = lock_save_dir(self.save_root)
         if self.rank == 0:  # the environment and data this run actually uses, for `pai_patch lock check`
             from pai_patch.reproduce.lock import write_training_lock
 
             write_training_lock(cfg)
-        train_ds, valid_ds = self._datasets()
-        iterators = self._iterators(train_ds, self.iteration)
         monitor = Monitor(self.output, enabled=self.rank == 0)
         stop = StopRequest.install(exit_minutes=t.exit_duration_minutes)
         skips, last, reason = 0, None, "finished"
@@ -373,6 +380,7 @@ class Trainer:
             progress.close()
             monitor.close()
             stop.uninstall()
+            release_lock()
         return {"iteration": self.iteration, "last": last, "stopped": reason}
 
 

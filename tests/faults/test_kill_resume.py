@@ -165,3 +165,38 @@ def test_sigterm_saves_at_step_boundary_then_resumes_exactly(zygote, references,
     assert not audit(root, ref / "checkpoint")
     assert zygote.launch(argv, out / "log3").wait(300) == 0
     assert last_losses(out) == first_losses(ref)
+
+
+def test_second_run_on_a_live_runs_directory_stops_and_the_kill_frees_it(zygote, work, data_prefix):
+    """Two runs on one output directory: the second stops at once with one line naming the
+    directory and the first run's PID, before writing anything (its start-up clean-up would
+    delete the first run's save in progress); after the first is SIGKILLed a rerun proceeds."""
+    import socket
+
+    from harness import error_line
+
+    out = fresh_dir(work / "two-runs")
+    root = out / "checkpoint"
+    argv = train_args(out, data_prefix, 2000, "checkpoint.save_interval=1", "checkpoint.keep_last=2")
+    first = zygote.launch(argv, out / "log1")
+    try:
+        while tracker(root) is None and first.poll() is None:
+            time.sleep(0.01)
+        assert first.poll() is None, first.text()[-3000:]
+        before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.iterdir() if p.is_file()}
+        second = zygote.launch(argv, out / "log2")
+        line = error_line(second)
+        assert "resumed from" not in second.text(), "the second run loaded a checkpoint before stopping"
+        assert line.startswith(f"error: {root}: in use by another training run (PID {first.pid} on "
+                               f"{socket.gethostname()}, holding {root / '.run.lock'})"), line
+        assert first.poll() is None, "the second run disturbed the first"
+        after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.iterdir() if p.is_file()}
+        assert after["lock.json"] == before["lock.json"], "the second run rewrote the first one's lock.json"
+        first.kill()
+    finally:
+        first.kill_group()
+    resumed = tracker(root)
+    rerun = zygote.launch([*argv, "train.exit_interval=1"], out / "log3")
+    assert rerun.wait(300) == 0, rerun.text()[-3000:]
+    assert tracker(root) == resumed + 1
+    assert not audit(root, None)

@@ -108,3 +108,39 @@ def test_kill9_torchrun(references, work, data_prefix):
     assert tracker(root) == ITERS
     assert not audit(root, None)
     COUNTS.kills_survived += len(plan)
+
+
+_HOLDER = """
+import sys, time
+from pai_patch.training.checkpointing import lock_save_dir
+lock_save_dir(sys.argv[1])
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def test_job_on_a_directory_another_run_holds_stops_on_every_rank(work, data_prefix):
+    """The lock is the job's (rank 0 takes it): on a directory another run holds, every rank of a
+    torchrun job stops with rank 0's one line, none left waiting in a collective."""
+    import subprocess
+    import sys
+
+    out = fresh_dir(work / "torchrun-locked")
+    root = out / "checkpoint"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(root)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        run = launch_process(train_args(out, data_prefix, 4), out / "log", torchrun=True)
+        try:
+            rc = run.wait(240)
+        finally:
+            run.kill_group()
+    finally:
+        holder.kill()
+        holder.wait()
+    text = run.text()
+    errors = sorted(line for line in text.splitlines() if line.startswith("error: "))
+    assert rc != 0, text[-3000:]
+    assert len(errors) == 2 and errors[0] == errors[1], text[-3000:]
+    assert errors[0].startswith(f"error: {root}: in use by another training run (PID {holder.pid} on "), errors
+    assert not (out / "metrics.jsonl").exists()
