@@ -24,6 +24,7 @@ from pai_patch.convert.layout import (Group, Item, StageMap, check_layout, full_
                                       local_expert, shard, to_hf, to_mcore, unshard)
 from pai_patch.convert.mapping import Fuse, Scope, Split, WeightMapping
 from pai_patch.convert.safetensors_stream import INDEX, SafetensorsReader, ShardedSafetensorsWriter
+from pai_patch.data.tokenizer import copy_tokenizer_files
 from pai_patch.models.base import ModelSize
 from pai_patch.utils import atomic_path
 
@@ -138,7 +139,9 @@ def hf_to_mcore(family: "ModelFamily", size_name: str | None, hf_dir: Path, out_
     """Convert an HF checkpoint into a Megatron-Core ``release`` checkpoint at ``out_dir``.
 
     ``vp`` (virtual-pipeline chunks per stage) and ``pp0_layers`` (layers on the first stage)
-    shape legacy files, which hold one rank's chunks; torch_dist loads at any layout.
+    shape legacy files, which hold one rank's chunks; torch_dist loads at any layout. The HF tokenizer and
+    config files go next to the tracker file, as the original toolkit does, so a later stage that loads this
+    checkpoint finds its tokenizer without being told where the HF checkpoint is.
     """
     _ensure_absent(out_dir)
     model = Model.resolve(family, size_name, hf_dir)
@@ -153,6 +156,7 @@ def hf_to_mcore(family: "ModelFamily", size_name: str | None, hf_dir: Path, out_
         else:
             layout = legacy.LegacyLayout(tp, pp, ep, vp or 1, meta["pp0_layers"])
             _write_legacy(model, source, iter_dir, meta, layout, use_te)
+        copy_tokenizer_files(hf_dir, tmp)
         (tmp / legacy.TRACKER).write_text("release")
     return model
 
