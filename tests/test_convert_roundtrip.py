@@ -163,3 +163,22 @@ def test_hf2mcore_copies_tokenizer_and_config(hf_dirs, tmp_path, fmt):
     for name in ("tokenizer.json", "tokenizer_config.json", "config.json"):
         assert (tmp_path / "mcore" / name).read_bytes() == (hf / name).read_bytes(), name
     assert not list((tmp_path / "mcore").glob("*.safetensors"))
+
+
+def test_mcore2hf_takes_config_and_tokenizer_from_the_checkpoint(hf_dirs, tmp_path):
+    """Without --source-hf: the copies hf2mcore (or training) left in the checkpoint, and none of Megatron's files."""
+    import transformers
+
+    from pai_patch.convert.engine import hf_to_mcore, mcore_to_hf
+    from pai_patch.parallel import model_parallel
+
+    hf, family = hf_dirs[("qwen2_5", "float32")], get_family("qwen2_5")
+    with model_parallel():
+        hf_to_mcore(family, None, hf, tmp_path / "mcore")
+        mcore_to_hf(family, None, tmp_path / "mcore", tmp_path / "back")
+    assert_same_tensors(read_hf(hf), read_hf(tmp_path / "back"))
+    assert not (tmp_path / "back" / "latest_checkpointed_iteration.txt").exists()
+    assert transformers.AutoTokenizer.from_pretrained(tmp_path / "back")("hello")["input_ids"]
+    (tmp_path / "mcore" / "config.json").unlink()
+    with model_parallel(), pytest.raises(FileNotFoundError, match="carries no HF config; pass --source-hf"):
+        mcore_to_hf(family, None, tmp_path / "mcore", tmp_path / "again")

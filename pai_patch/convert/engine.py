@@ -338,14 +338,20 @@ class McoreSource:
         return full
 
 
-def mcore_to_hf(family: "ModelFamily", size_name: str | None, ckpt_dir: Path, out_dir: Path, source_hf: Path, *,
-                dtype: str | None = None, max_shard_bytes: int = 2 << 30) -> Model:
-    """Convert a Megatron-Core checkpoint into an HF directory loadable by ``from_pretrained``."""
+def mcore_to_hf(family: "ModelFamily", size_name: str | None, ckpt_dir: Path, out_dir: Path,
+                source_hf: Path | None = None, *, dtype: str | None = None, max_shard_bytes: int = 2 << 30) -> Model:
+    """Convert a Megatron-Core checkpoint into an HF directory loadable by ``from_pretrained``.
+
+    The config and tokenizer come from ``source_hf``, else from the copies ``hf2mcore`` and training
+    leave in the checkpoint directory.
+    """
     _ensure_absent(out_dir)
-    if not (source_hf / "config.json").exists():
-        raise FileNotFoundError(f"{source_hf / 'config.json'}: missing; --source-hf must be the HF checkpoint "
-                                "the config and tokenizer come from")
-    model = Model.resolve(family, size_name, source_hf)
+    side = source_hf or ckpt_dir
+    if not (side / "config.json").exists():
+        fix = "--source-hf must be" if source_hf else "the checkpoint carries no HF config; pass --source-hf,"
+        raise FileNotFoundError(f"{side / 'config.json'}: missing; {fix} the HF checkpoint the config and "
+                                "tokenizer come from")
+    model = Model.resolve(family, size_name, side)
     source = McoreSource(model, ckpt_dir)
     out_dtype = DTYPES[dtype] if dtype else source.dtype()
     plan = [(name, model.shapes[name], out_dtype) for g in model.groups for i in g.items for name in i.hf_names]
@@ -357,7 +363,11 @@ def mcore_to_hf(family: "ModelFamily", size_name: str | None, ckpt_dir: Path, ou
                     if tensor.numel():
                         writer.write(name, tensor.to(out_dtype))
         writer.finish()
-        _copy_hf_side(source_hf, tmp, out_dtype)
+        if source_hf:
+            _copy_hf_side(source_hf, tmp)
+        else:  # only the HF files: the checkpoint directory also holds Megatron's own
+            copy_tokenizer_files(ckpt_dir, tmp)
+        _write_config(side, tmp, out_dtype)
     return model
 
 
@@ -370,12 +380,16 @@ def _hf_block(item: Item, rows: slice, block: torch.Tensor, model: Model) -> lis
     return [block]
 
 
-def _copy_hf_side(source_hf: Path, out: Path, dtype: torch.dtype) -> None:
-    """config.json (dtype updated) and the tokenizer/generation files of the source HF checkpoint."""
+def _copy_hf_side(source_hf: Path, out: Path) -> None:
+    """Every file of the source HF checkpoint but its weights (tokenizer, generation config, license ...)."""
     for path in source_hf.iterdir():
         if path.is_file() and not path.name.endswith(WEIGHT_SUFFIXES) and path.name not in (INDEX, "config.json"):
             shutil.copy2(path, out / path.name)
-    config = json.loads((source_hf / "config.json").read_text())
+
+
+def _write_config(source: Path, out: Path, dtype: torch.dtype) -> None:
+    """``source``'s config.json with the dtype of the weights written."""
+    config = json.loads((source / "config.json").read_text())
     name = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
     config["torch_dtype" if "torch_dtype" in config else "dtype"] = name
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from pai_patch.cli import CliError
+from pai_patch.utils import atomic_path
 
 SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "tokenizer"
 SHIPPED_NAMES = {"shipped", "PaiTinyTokenizer"}
@@ -17,7 +19,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 #: What an HF checkpoint directory holds besides weights that a tokenizer load (or a later export) needs.
 #: The converter copies these next to a Megatron checkpoint, as the original toolkit does.
 HF_SIDE_FILES = TOKENIZER_FILES + ("tokenizer_config.json", "special_tokens_map.json", "merges.txt",
-                                   "added_tokens.json", "config.json", "generation_config.json")
+                                   "added_tokens.json", "chat_template.jinja", "config.json", "generation_config.json")
 
 
 def has_tokenizer(directory: str | os.PathLike | None) -> bool:
@@ -47,32 +49,31 @@ def find_tokenizer(name_or_dir: str, *, explicit: str | os.PathLike | None = Non
     raise CliError(f"tokenizer {name_or_dir!r}: no tokenizer files ({', '.join(TOKENIZER_FILES)}) found in {looked}")
 
 
-def resolve_tokenizer_dir(name_or_dir: str, tokenizer_dir: str | os.PathLike | None = None) -> Path:
-    """Map ``name_or_dir`` (+ ``tokenizer_dir`` for seed names) to a local directory."""
-    return find_tokenizer(name_or_dir, explicit=tokenizer_dir)
-
-
 def copy_tokenizer_files(source: str | os.PathLike, target: str | os.PathLike) -> list[str]:
-    """Copy ``HF_SIDE_FILES`` present in ``source`` into ``target``; returns the names copied."""
-    import shutil
+    """Copy ``HF_SIDE_FILES`` present in ``source`` into ``target``; returns the names copied.
 
+    Each file is renamed into place, so a reader of a live checkpoint directory never sees half of one.
+    """
     copied = []
     for name in HF_SIDE_FILES:
         if (Path(source) / name).is_file():
-            shutil.copyfile(Path(source) / name, Path(target) / name)
+            with atomic_path(Path(target) / name) as tmp:
+                shutil.copyfile(Path(source) / name, tmp)
             copied.append(name)
     return copied
 
 
-def load_tokenizer(name_or_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None):
+def load_tokenizer(name_or_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None, *,
+                   hf: str | os.PathLike | None = None, checkpoint: str | os.PathLike | None = None):
     """An HF ``PreTrainedTokenizerBase`` from local files only (never the hub).
 
-    A directory that does not load raises ``CliError`` naming it and the file that is missing,
-    because transformers' own message for an offline miss talks about the hub.
+    ``tokenizer_dir``, ``hf`` and ``checkpoint`` are where a seed class name's files are looked
+    for (:func:`find_tokenizer`). A directory that does not load raises ``CliError`` naming it and
+    the file that is missing, because transformers' own message for an offline miss talks about the hub.
     """
     from transformers import AutoTokenizer  # heavy import, only when a tokenizer is needed
 
-    path = resolve_tokenizer_dir(str(name_or_dir), tokenizer_dir)
+    path = find_tokenizer(str(name_or_dir), explicit=tokenizer_dir, hf=hf, checkpoint=checkpoint)
     if not path.is_dir():
         raise CliError(f"tokenizer directory {path} does not exist")
     if not any((path / f).exists() for f in TOKENIZER_FILES):
