@@ -16,6 +16,8 @@ def atomic_path(final: str | os.PathLike, *, is_dir: bool = False) -> Iterator[P
 
     A crash or an exception leaves no partially written file or directory under the final
     name (the temporary one is removed), which is what lets readers trust what they find.
+    The result has the permissions the user's umask gives a new file or directory, not the
+    private 0600/0700 of ``mkstemp``/``mkdtemp``: datasets and checkpoints are shared.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -26,6 +28,7 @@ def atomic_path(final: str | os.PathLike, *, is_dir: bool = False) -> Iterator[P
         os.close(fd)
         tmp = Path(name)
     try:
+        os.chmod(tmp, (0o777 if is_dir else 0o666) & ~umask())
         yield tmp
         fsync_tree(tmp)
         if is_dir and final.exists():
@@ -38,6 +41,13 @@ def atomic_path(final: str | os.PathLike, *, is_dir: bool = False) -> Iterator[P
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def umask() -> int:
+    """The process's umask: reading it means setting it, so it is put back at once."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def fsync_tree(path: Path) -> None:
