@@ -100,3 +100,13 @@ def test_training_finds_it_in_checkpoint_load_and_saves_it_with_its_checkpoint(l
             "train.seq_length=32", "train.train_iters=1", "train.global_batch_size=2", "train.micro_batch_size=1")
     for name in ("tokenizer.json", "tokenizer_config.json", "config.json"):
         assert (tmp_path / "checkpoint" / name).read_bytes() == (layout_start / name).read_bytes(), name
+
+
+def test_a_seed_name_checks_the_model_family(tmp_path, monkeypatch):
+    other = r"'DeepSeekV2Tokenizer' is the deepseek_v2 tokenizer, but the model is llama2; name this model's \(LLama"
+    with pytest.raises(CliError, match=other):
+        train_config(load_recipe("llama2", ["data.tokenizer=DeepSeekV2Tokenizer"]), "pretrain").tokenizer_dir()
+    monkeypatch.setenv("DRY_RUN", "1")  # a dry run may not find the files yet, but the family is known
+    assert tokenizer_dir(_recipe(tmp_path), tmp_path / "mcore_base") is None
+    with pytest.raises(CliError, match=other):
+        tokenizer_dir(load_recipe("llama2", ["data.tokenizer=DeepSeekV2Tokenizer"]), tmp_path)

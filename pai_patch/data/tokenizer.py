@@ -11,8 +11,10 @@ from pai_patch.utils import atomic_path
 
 SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "tokenizer"
 SHIPPED_NAMES = {"shipped", "PaiTinyTokenizer"}
-# The seeds name the tokenizer class and pass its directory separately; all are HF fast tokenizers.
-SEED_NAMES = {"DeepSeekV2Tokenizer", "Qwen2Tokenizer", "LLamaTokenizer", "LlamaTokenizer"}
+#: The seeds name the tokenizer class (and pass its directory separately), each that of one model family;
+#: all are HF fast tokenizers.
+SEED_NAMES = {"DeepSeekV2Tokenizer": "deepseek_v2", "Qwen2Tokenizer": "qwen2_5", "LLamaTokenizer": "llama2",
+              "LlamaTokenizer": "llama2"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 
@@ -22,31 +24,40 @@ HF_SIDE_FILES = TOKENIZER_FILES + ("tokenizer_config.json", "special_tokens_map.
                                    "added_tokens.json", "chat_template.jinja", "config.json", "generation_config.json")
 
 
+class TokenizerNotFound(CliError):
+    """A seed tokenizer name whose files are in none of the places looked in."""
+
+
 def has_tokenizer(directory: str | os.PathLike | None) -> bool:
     """True when ``directory`` holds the files an HF tokenizer loads from."""
     return bool(directory) and any((Path(directory) / f).is_file() for f in TOKENIZER_FILES)
 
 
 def find_tokenizer(name_or_dir: str, *, explicit: str | os.PathLike | None = None,
-                   hf: str | os.PathLike | None = None, checkpoint: str | os.PathLike | None = None) -> Path:
+                   hf: str | os.PathLike | None = None, checkpoint: str | os.PathLike | None = None,
+                   family: str | None = None) -> Path:
     """The directory to load ``name_or_dir`` from.
 
     A seed class name (``Qwen2Tokenizer``...) says which tokenizer, not where: the files are looked for in an
     explicit directory (``data.tokenizer=DIR``, the seeds' TOKENIZER_DIR), then the HF checkpoint (``hf=``), then
     the checkpoint being loaded, where ``convert hf2mcore`` copies them. Users of the original toolkit never pass a
-    tokenizer directory to its launchers, so the last place is the common one.
+    tokenizer directory to its launchers, so the last place is the common one. What the name still says is the
+    model family, checked against ``family`` (the model's) when given.
     """
     if name_or_dir in SHIPPED_NAMES:
         return SHIPPED
     if name_or_dir not in SEED_NAMES:
         return Path(name_or_dir)
+    if family and SEED_NAMES[name_or_dir] != family:
+        raise CliError(f"tokenizer {name_or_dir!r} is the {SEED_NAMES[name_or_dir]} tokenizer, but the model is "
+                       f"{family}; name this model's ({', '.join(n for n, f in SEED_NAMES.items() if f == family)})")
     places = (("the tokenizer directory (data.tokenizer=DIR / TOKENIZER_DIR)", explicit),
               ("the HF checkpoint (hf=)", hf), ("the checkpoint being loaded", checkpoint))
     for _, place in places:
         if has_tokenizer(place):
             return Path(place)
     looked = "; ".join(f"{what}: {place if place else 'not given'}" for what, place in places)
-    raise CliError(f"tokenizer {name_or_dir!r}: no tokenizer files ({', '.join(TOKENIZER_FILES)}) found in {looked}")
+    raise TokenizerNotFound(f"tokenizer {name_or_dir!r}: no tokenizer files ({', '.join(TOKENIZER_FILES)}) found in {looked}")
 
 
 def copy_tokenizer_files(source: str | os.PathLike, target: str | os.PathLike) -> list[str]:

@@ -82,14 +82,13 @@ def tokenizer_dir(recipe: Recipe, checkpoint: Path) -> Path | None:
     ``hf=``, then in ``checkpoint`` (``convert`` and training copy them there). A dry run, which writes
     nothing, may name a checkpoint no stage has made yet: None there, where a real run stops with the error.
     """
-    from pai_patch.cli import CliError
-    from pai_patch.data.tokenizer import find_tokenizer
+    from pai_patch.data.tokenizer import TokenizerNotFound, find_tokenizer
 
     name = recipe.data.tokenizer
     try:
         return find_tokenizer(resolve_path(name) if "/" in name else name, hf=resolve_path(recipe.convert.hf),
-                              checkpoint=checkpoint)
-    except CliError:
+                              checkpoint=checkpoint, family=recipe.model.family)
+    except TokenizerNotFound:
         if dry_run():
             return None
         raise

@@ -168,4 +168,5 @@ class TrainConfig:
         """Where ``data.tokenizer`` loads from: checked by the recipe stage before launching, used by the trainer."""
         from pai_patch.data.tokenizer import find_tokenizer
 
-        return find_tokenizer(self.data.tokenizer, hf=self.data.hf, checkpoint=self.checkpoint.load)
+        return find_tokenizer(self.data.tokenizer, hf=self.data.hf, checkpoint=self.checkpoint.load,
+                              family=self.model.family)
