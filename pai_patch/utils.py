@@ -21,6 +21,8 @@ def atomic_path(final: str | os.PathLike, *, is_dir: bool = False) -> Iterator[P
     name (the temporary one is removed), which is what lets readers trust what they find.
     The temporary name carries this host and process id, so that a later write of ``final``
     removes what a killed writer left (``remove_stale_temps``).
+    The result has the permissions the user's umask gives a new file or directory, not the
+    private 0600/0700 of ``mkstemp``/``mkdtemp``: datasets and checkpoints are shared.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -36,6 +38,7 @@ def atomic_path(final: str | os.PathLike, *, is_dir: bool = False) -> Iterator[P
     except OSError as err:
         raise _about_final(err, final) from None
     try:
+        os.chmod(tmp, (0o777 if is_dir else 0o666) & ~umask())
         yield tmp
         fsync_tree(tmp)
         if is_dir and final.exists():
@@ -141,6 +144,13 @@ def short_write_error(err: BaseException, path: str | os.PathLike) -> OSError | 
     if limit != resource.RLIM_INFINITY:
         return OSError(errno.EFBIG, f"file too large: `ulimit -f` allows {limit} bytes per file", str(path))
     return OSError(errno.EIO, f"write failed ({str(err).splitlines()[0]})", str(path))
+
+
+def umask() -> int:
+    """The process's umask: reading it means setting it, so it is put back at once."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def fsync_tree(path: Path) -> None:

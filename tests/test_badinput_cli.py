@@ -76,6 +76,10 @@ CASES: list[tuple[str, list[str], str]] = [
      "error: unknown size 'huge' for qwen2_5; valid sizes: tiny, 0.5B, 1.5B, 3B, 7B, 14B, 32B, 72B"),
     ("recipe: recipe file path that does not exist", ["stage", "pretrain", "recipe=<tmp>/missing.yaml"],
      "error: <tmp>/missing.yaml: no such recipe file"),
+    ("recipe: a seed tokenizer name of another model family", ["stage", "pretrain", "recipe=llama2",
+                                                                 "data.tokenizer=Qwen2Tokenizer"],
+     "error: tokenizer 'Qwen2Tokenizer' is the qwen2_5 tokenizer, but the model is llama2; name this model's "
+     "(LLamaTokenizer, LlamaTokenizer)"),
     ("recipe: HF checkpoint path that does not exist", ["stage", "convert", "recipe=qwen2_5", "hf=<tmp>/nohf"],
      "error: convert.hf: <tmp>/nohf/config.json not found (expected an HF checkpoint dir)"),
     ("recipe: other settings for a training stage that already finished (`<tmp>/out` holds a 100-iteration run)",
@@ -139,6 +143,11 @@ CASES: list[tuple[str, list[str], str]] = [
 RUNTIME_CASES: list[tuple[str, str, str]] = [
     ("train: dataset prefix that does not exist", "data.train_path=<tmp>/nodata_text_document",
      "error: data.train_path: <tmp>/nodata_text_document.bin not found (expected a Megatron .bin/.idx prefix)"),
+    ("train: a seed tokenizer name (no TOKENIZER_DIR, hf= or checkpoint.load holding its files)",
+     "data.tokenizer=Qwen2Tokenizer checkpoint.load=<tmp>/empty",
+     "error: tokenizer 'Qwen2Tokenizer': no tokenizer files (tokenizer.json, tokenizer.model, vocab.json) found in "
+     "the tokenizer directory (data.tokenizer=DIR / TOKENIZER_DIR): not given; the HF checkpoint (hf=): not given; "
+     "the checkpoint being loaded: <tmp>/empty"),
     ("train: tokenizer directory that does not exist", "data.tokenizer=<tmp>/notok",
      "error: tokenizer directory <tmp>/notok does not exist"),
     ("train: tokenizer directory without tokenizer files", "data.tokenizer=<tmp>/empty",

@@ -150,3 +150,36 @@ def test_padded_vocab_untied_and_row_blocks(tmp_path, monkeypatch):
         back = round_trip("qwen2_5", hf, tmp_path / fmt, tp=2, fmt=fmt)
         assert_same_tensors(read_hf(hf), read_hf(back))
     assert in_process_diff("qwen2_5", hf, tmp_path / "torch_dist" / "mcore", size) < 1e-4  # loads at TP=1
+
+
+@pytest.mark.parametrize("fmt", ["torch_dist", "legacy"])
+def test_hf2mcore_copies_tokenizer_and_config(hf_dirs, tmp_path, fmt):
+    """The tokenizer travels with the checkpoint, so later stages need no HF directory to find it."""
+    from pai_patch.convert.engine import hf_to_mcore
+    from pai_patch.parallel import model_parallel
+
+    hf = hf_dirs[("qwen2_5", "float32")]
+    with model_parallel():
+        hf_to_mcore(get_family("qwen2_5"), None, hf, tmp_path / "mcore", tp=2, fmt=fmt)
+    for name in ("tokenizer.json", "tokenizer_config.json", "config.json"):
+        assert (tmp_path / "mcore" / name).read_bytes() == (hf / name).read_bytes(), name
+    assert not list((tmp_path / "mcore").glob("*.safetensors"))
+
+
+def test_mcore2hf_takes_config_and_tokenizer_from_the_checkpoint(hf_dirs, tmp_path):
+    """Without --source-hf: the copies hf2mcore (or training) left in the checkpoint, and none of Megatron's files."""
+    import transformers
+
+    from pai_patch.convert.engine import hf_to_mcore, mcore_to_hf
+    from pai_patch.parallel import model_parallel
+
+    hf, family = hf_dirs[("qwen2_5", "float32")], get_family("qwen2_5")
+    with model_parallel():
+        hf_to_mcore(family, None, hf, tmp_path / "mcore")
+        mcore_to_hf(family, None, tmp_path / "mcore", tmp_path / "back")
+    assert_same_tensors(read_hf(hf), read_hf(tmp_path / "back"))
+    assert not (tmp_path / "back" / "latest_checkpointed_iteration.txt").exists()
+    assert transformers.AutoTokenizer.from_pretrained(tmp_path / "back")("hello")["input_ids"]
+    (tmp_path / "mcore" / "config.json").unlink()
+    with model_parallel(), pytest.raises(FileNotFoundError, match="carries no HF config; pass --source-hf"):
+        mcore_to_hf(family, None, tmp_path / "mcore", tmp_path / "again")

@@ -26,7 +26,7 @@ from websockets.sync.client import connect
 
 from pai_patch.generation.decoders import HFDecoder
 from pai_patch.generation.engine import generate_file, stop_token_ids
-from pai_patch.generation.loading import SHIPPED_TOKENIZER, load_tokenizer
+from pai_patch.data.tokenizer import SHIPPED as SHIPPED_TOKENIZER, load_tokenizer
 from pai_patch.generation.sampling import SamplingParams
 from pai_patch.generation.server import Service, open_server, parse_request
 from pai_patch.generation.streaming import TextStream

@@ -16,7 +16,6 @@ from pai_patch.data.tokenizer import load_tokenizer
 from pai_patch.models import get_family
 from pai_patch.training import vocab_check
 from pai_patch.training.config import TrainConfig
-from pai_patch.training.data import tokenizer_for
 from pai_patch.training.vocab_check import VocabularyError, check_vocabulary, largest_token_id
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +45,7 @@ def _cfg(train_path: str | None, tokenizer: str = "shipped", **data) -> TrainCon
 
 
 def _check(cfg: TrainConfig) -> None:
-    check_vocabulary(cfg, TINY, tokenizer_for(cfg))
+    check_vocabulary(cfg, TINY, load_tokenizer(cfg.tokenizer_dir()))
 
 
 def _megatron_tool_dataset(tmp_path: Path, ids: list[int]) -> str:

@@ -45,8 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     to_hf.add_argument("--size", help=size_help)
     to_hf.add_argument("--mcore", required=True, type=Path, help="checkpoint directory (with latest_checkpointed_iteration.txt)")
     to_hf.add_argument("--hf", required=True, type=Path, help="HF directory to write (output)")
-    to_hf.add_argument("--source-hf", required=True, type=Path,
-                       help="HF checkpoint the config and tokenizer are copied from")
+    to_hf.add_argument("--source-hf", type=Path,
+                       help="HF checkpoint the config and tokenizer are copied from (default: the copies in --mcore, "
+                            "which hf2mcore and training write)")
     to_hf.add_argument("--dtype", choices=DTYPE_CHOICES, help="output precision (default: as stored)")
     to_hf.add_argument("--max-shard-size", type=_size_bytes, default="2GB", help="safetensors shard size, e.g. 2GB")
     to_hf.add_argument("--no-verify", action="store_true",
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         verdict = "within" if parity.ok else "NOT within"
         print(f"max abs logit difference {parity.max_abs_diff:.3e}: {verdict} tolerance {parity.tolerance:g}")
         return 0 if parity.ok else 1
-    config_dir = args.hf if args.action == "hf2mcore" else args.source_hf
+    config_dir = args.hf if args.action == "hf2mcore" else args.source_hf or args.mcore
     family = get_family(args.model) if args.model else family_of(config_dir)
     with process_group():
         if args.action == "hf2mcore":

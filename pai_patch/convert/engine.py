@@ -27,6 +27,7 @@ from pai_patch.convert.layout import (Group, Item, StageMap, check_layout, full_
 from pai_patch.convert.mapping import Fuse, Scope, Split, WeightMapping
 from pai_patch.convert.marker import check_before_reading, describe_files, write_marker
 from pai_patch.convert.safetensors_stream import INDEX, SafetensorsReader, ShardedSafetensorsWriter
+from pai_patch.data.tokenizer import copy_tokenizer_files
 from pai_patch.models.base import ModelSize, read_hf_config
 from pai_patch.utils import atomic_path, require_space, short_write_error
 
@@ -141,7 +142,9 @@ def hf_to_mcore(family: "ModelFamily", size_name: str | None, hf_dir: Path, out_
     """Convert an HF checkpoint into a Megatron-Core ``release`` checkpoint at ``out_dir``.
 
     ``vp`` (virtual-pipeline chunks per stage) and ``pp0_layers`` (layers on the first stage)
-    shape legacy files, which hold one rank's chunks; torch_dist loads at any layout.
+    shape legacy files, which hold one rank's chunks; torch_dist loads at any layout. The HF tokenizer and
+    config files go next to the tracker file, as the original toolkit does, so a later stage that loads this
+    checkpoint finds its tokenizer without being told where the HF checkpoint is.
     """
     _ensure_absent(out_dir)
     model = Model.resolve(family, size_name, hf_dir)
@@ -161,6 +164,7 @@ def hf_to_mcore(family: "ModelFamily", size_name: str | None, hf_dir: Path, out_
                 _write_legacy(model, source, iter_dir, meta, layout, use_te)
         except (RuntimeError, CheckpointException) as err:  # torch's writer on a full disk: "unexpected pos 704 vs 598"
             raise short_write_error(err, out_dir) or err from err
+        copy_tokenizer_files(hf_dir, tmp)
         write_marker(iter_dir, describe_files(iter_dir))  # readers then refuse it if damaged, as a trainer's save
         (tmp / legacy.TRACKER).write_text("release")
     return model
@@ -344,16 +348,22 @@ class McoreSource:
         return full
 
 
-def mcore_to_hf(family: "ModelFamily", size_name: str | None, ckpt_dir: Path, out_dir: Path, source_hf: Path, *,
-                dtype: str | None = None, max_shard_bytes: int = 2 << 30, verify: bool = True) -> Model:
+def mcore_to_hf(family: "ModelFamily", size_name: str | None, ckpt_dir: Path, out_dir: Path,
+                source_hf: Path | None = None, *, dtype: str | None = None, max_shard_bytes: int = 2 << 30,
+                verify: bool = True) -> Model:
     """Convert a Megatron-Core checkpoint into an HF directory loadable by ``from_pretrained``.
 
-    ``verify=False`` skips the check of the checkpoint's completeness marker and checksums."""
+    The config and tokenizer come from ``source_hf``, else from the copies ``hf2mcore`` and training
+    leave in the checkpoint directory. ``verify=False`` skips the check of the checkpoint's completeness
+    marker and checksums.
+    """
     _ensure_absent(out_dir)
-    if not (source_hf / "config.json").exists():
-        raise FileNotFoundError(f"{source_hf / 'config.json'}: missing; --source-hf must be the HF checkpoint "
-                                "the config and tokenizer come from")
-    model = Model.resolve(family, size_name, source_hf)
+    side = source_hf or ckpt_dir
+    if not (side / "config.json").exists():
+        fix = "--source-hf must be" if source_hf else "the checkpoint carries no HF config; pass --source-hf,"
+        raise FileNotFoundError(f"{side / 'config.json'}: missing; {fix} the HF checkpoint the config and "
+                                "tokenizer come from")
+    model = Model.resolve(family, size_name, side)
     source = McoreSource(model, ckpt_dir, verify=verify)
     out_dtype = DTYPES[dtype] if dtype else source.dtype()
     plan = [(name, model.shapes[name], out_dtype) for g in model.groups for i in g.items for name in i.hf_names]
@@ -365,7 +375,11 @@ def mcore_to_hf(family: "ModelFamily", size_name: str | None, ckpt_dir: Path, ou
                     if tensor.numel():
                         writer.write(name, tensor.to(out_dtype))
         writer.finish()
-        _copy_hf_side(source_hf, tmp, out_dtype)
+        if source_hf:
+            _copy_hf_side(source_hf, tmp)
+        else:  # only the HF files: the checkpoint directory also holds Megatron's own
+            copy_tokenizer_files(ckpt_dir, tmp)
+        _write_config(side, tmp, out_dtype)
     return model
 
 
@@ -378,12 +392,16 @@ def _hf_block(item: Item, rows: slice, block: torch.Tensor, model: Model) -> lis
     return [block]
 
 
-def _copy_hf_side(source_hf: Path, out: Path, dtype: torch.dtype) -> None:
-    """config.json (dtype updated) and the tokenizer/generation files of the source HF checkpoint."""
+def _copy_hf_side(source_hf: Path, out: Path) -> None:
+    """Every file of the source HF checkpoint but its weights (tokenizer, generation config, license ...)."""
     for path in source_hf.iterdir():
         if path.is_file() and not path.name.endswith(WEIGHT_SUFFIXES) and path.name not in (INDEX, "config.json"):
             shutil.copy2(path, out / path.name)
-    config = read_hf_config(source_hf / "config.json")
+
+
+def _write_config(source: Path, out: Path, dtype: torch.dtype) -> None:
+    """``source``'s config.json with the dtype of the weights written."""
+    config = read_hf_config(source / "config.json")
     name = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
     config["torch_dtype" if "torch_dtype" in config else "dtype"] = name
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from pai_patch.cli import CliError
+from pai_patch.utils import atomic_path
 
 SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "tokenizer"
 SHIPPED_NAMES = {"shipped", "PaiTinyTokenizer"}
-# The seeds name the tokenizer class and pass its directory separately; all are HF fast tokenizers.
-SEED_NAMES = {"DeepSeekV2Tokenizer", "Qwen2Tokenizer", "LLamaTokenizer", "LlamaTokenizer"}
+#: The seeds name the tokenizer class (and pass its directory separately), each that of one model family;
+#: all are HF fast tokenizers.
+SEED_NAMES = {"DeepSeekV2Tokenizer": "deepseek_v2", "Qwen2Tokenizer": "qwen2_5", "LLamaTokenizer": "llama2",
+              "LlamaTokenizer": "llama2"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 
 #: What an HF checkpoint directory holds besides weights that a tokenizer load (or a later export) needs.
 #: The converter copies these next to a Megatron checkpoint, as the original toolkit does.
 HF_SIDE_FILES = TOKENIZER_FILES + ("tokenizer_config.json", "special_tokens_map.json", "merges.txt",
-                                   "added_tokens.json", "config.json", "generation_config.json")
+                                   "added_tokens.json", "chat_template.jinja", "config.json", "generation_config.json")
+
+
+class TokenizerNotFound(CliError):
+    """A seed tokenizer name whose files are in none of the places looked in."""
 
 
 def has_tokenizer(directory: str | os.PathLike | None) -> bool:
@@ -26,53 +34,57 @@ def has_tokenizer(directory: str | os.PathLike | None) -> bool:
 
 
 def find_tokenizer(name_or_dir: str, *, explicit: str | os.PathLike | None = None,
-                   hf: str | os.PathLike | None = None, checkpoint: str | os.PathLike | None = None) -> Path:
+                   hf: str | os.PathLike | None = None, checkpoint: str | os.PathLike | None = None,
+                   family: str | None = None) -> Path:
     """The directory to load ``name_or_dir`` from.
 
     A seed class name (``Qwen2Tokenizer``...) says which tokenizer, not where: the files are looked for in an
     explicit directory (``data.tokenizer=DIR``, the seeds' TOKENIZER_DIR), then the HF checkpoint (``hf=``), then
     the checkpoint being loaded, where ``convert hf2mcore`` copies them. Users of the original toolkit never pass a
-    tokenizer directory to its launchers, so the last place is the common one.
+    tokenizer directory to its launchers, so the last place is the common one. What the name still says is the
+    model family, checked against ``family`` (the model's) when given.
     """
     if name_or_dir in SHIPPED_NAMES:
         return SHIPPED
     if name_or_dir not in SEED_NAMES:
         return Path(name_or_dir)
+    if family and SEED_NAMES[name_or_dir] != family:
+        raise CliError(f"tokenizer {name_or_dir!r} is the {SEED_NAMES[name_or_dir]} tokenizer, but the model is "
+                       f"{family}; name this model's ({', '.join(n for n, f in SEED_NAMES.items() if f == family)})")
     places = (("the tokenizer directory (data.tokenizer=DIR / TOKENIZER_DIR)", explicit),
               ("the HF checkpoint (hf=)", hf), ("the checkpoint being loaded", checkpoint))
     for _, place in places:
         if has_tokenizer(place):
             return Path(place)
     looked = "; ".join(f"{what}: {place if place else 'not given'}" for what, place in places)
-    raise CliError(f"tokenizer {name_or_dir!r}: no tokenizer files ({', '.join(TOKENIZER_FILES)}) found in {looked}")
-
-
-def resolve_tokenizer_dir(name_or_dir: str, tokenizer_dir: str | os.PathLike | None = None) -> Path:
-    """Map ``name_or_dir`` (+ ``tokenizer_dir`` for seed names) to a local directory."""
-    return find_tokenizer(name_or_dir, explicit=tokenizer_dir)
+    raise TokenizerNotFound(f"tokenizer {name_or_dir!r}: no tokenizer files ({', '.join(TOKENIZER_FILES)}) found in {looked}")
 
 
 def copy_tokenizer_files(source: str | os.PathLike, target: str | os.PathLike) -> list[str]:
-    """Copy ``HF_SIDE_FILES`` present in ``source`` into ``target``; returns the names copied."""
-    import shutil
+    """Copy ``HF_SIDE_FILES`` present in ``source`` into ``target``; returns the names copied.
 
+    Each file is renamed into place, so a reader of a live checkpoint directory never sees half of one.
+    """
     copied = []
     for name in HF_SIDE_FILES:
         if (Path(source) / name).is_file():
-            shutil.copyfile(Path(source) / name, Path(target) / name)
+            with atomic_path(Path(target) / name) as tmp:
+                shutil.copyfile(Path(source) / name, tmp)
             copied.append(name)
     return copied
 
 
-def load_tokenizer(name_or_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None):
+def load_tokenizer(name_or_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None, *,
+                   hf: str | os.PathLike | None = None, checkpoint: str | os.PathLike | None = None):
     """An HF ``PreTrainedTokenizerBase`` from local files only (never the hub).
 
-    A directory that does not load raises ``CliError`` naming it and the file that is missing,
-    because transformers' own message for an offline miss talks about the hub.
+    ``tokenizer_dir``, ``hf`` and ``checkpoint`` are where a seed class name's files are looked
+    for (:func:`find_tokenizer`). A directory that does not load raises ``CliError`` naming it and
+    the file that is missing, because transformers' own message for an offline miss talks about the hub.
     """
     from transformers import AutoTokenizer  # heavy import, only when a tokenizer is needed
 
-    path = resolve_tokenizer_dir(str(name_or_dir), tokenizer_dir)
+    path = find_tokenizer(str(name_or_dir), explicit=tokenizer_dir, hf=hf, checkpoint=checkpoint)
     if not path.is_dir():
         raise CliError(f"tokenizer directory {path} does not exist")
     if not any((path / f).exists() for f in TOKENIZER_FILES):

@@ -58,8 +58,10 @@ def task_configs(tasks: list[str], data_dir: str | Path | None) -> list[str | di
 def check_hf_dir(hf_dir: Path) -> None:
     if not (hf_dir / "config.json").is_file():
         raise FileNotFoundError(f"{hf_dir}: no config.json — expected an HF checkpoint (convert with `pai_patch convert`)")
-    if not any((hf_dir / n).is_file() for n in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
-        raise FileNotFoundError(f"{hf_dir}: no tokenizer files (tokenizer.json / tokenizer_config.json) next to the weights")
+    from pai_patch.data.tokenizer import TOKENIZER_FILES, has_tokenizer
+
+    if not has_tokenizer(hf_dir):
+        raise FileNotFoundError(f"{hf_dir}: no tokenizer files ({' / '.join(TOKENIZER_FILES)}) next to the weights")
 
 
 def summarize(results: dict[str, Any], tasks: list[str]) -> dict[str, float]:

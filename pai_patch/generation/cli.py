@@ -30,7 +30,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--hf", help="HF checkpoint directory")
     parser.add_argument("--family", help="model family of the --mcore checkpoint (qwen2_5, llama2, deepseek_v2)")
     parser.add_argument("--size", help="model size of the --mcore checkpoint (default: the family's default)")
-    parser.add_argument("--tokenizer", help="tokenizer directory (default: --hf DIR, else the shipped tokenizer)")
+    parser.add_argument("--tokenizer", help="tokenizer directory, or a seed name (Qwen2Tokenizer...) found in --hf/--mcore "
+                                            "(default: the one in --hf DIR or the --mcore checkpoint, else the shipped one)")
     parser.add_argument("--precision", choices=PRECISIONS[:3], default="fp32")
     parser.add_argument("--chat", action="store_true", help="wrap each prompt in the tokenizer's chat template")
     parser.add_argument("--max-prompt-tokens", type=int, help="reject prompts longer than this")
@@ -86,11 +87,10 @@ def run(args: argparse.Namespace) -> int:
 @contextmanager
 def opened_model(args: argparse.Namespace, *, tp: int = 1) -> Iterator[tuple[Decoder, Any]]:
     """The decoder and tokenizer for ``--hf`` or ``--mcore`` (this TP rank's shard, inside its process group)."""
-    from pai_patch.generation.loading import (SHIPPED_TOKENIZER, check_mcore_dir, hf_decoder, load_tokenizer,
-                                              mcore_decoder)
+    from pai_patch.generation.loading import check_mcore_dir, hf_decoder, load_tokenizer, mcore_decoder
 
     if args.hf:
-        tokenizer = load_tokenizer(args.tokenizer or args.hf)
+        tokenizer = load_tokenizer(args.tokenizer, hf=args.hf)
         yield hf_decoder(args.hf, Runtime(precision=args.precision).params_dtype), tokenizer
         return
     from pai_patch.parallel import model_parallel
@@ -98,7 +98,7 @@ def opened_model(args: argparse.Namespace, *, tp: int = 1) -> Iterator[tuple[Dec
     if not args.family:
         raise ValueError("--mcore needs --family (qwen2_5, llama2, deepseek_v2) to build the model")
     check_mcore_dir(args.mcore)
-    tokenizer = load_tokenizer(args.tokenizer or SHIPPED_TOKENIZER)
+    tokenizer = load_tokenizer(args.tokenizer, mcore=args.mcore)
     rt = Runtime(tp=tp, precision=args.precision)
     with model_parallel(rt):
         yield mcore_decoder(args.mcore, args.family, args.size, rt, verify=not args.no_verify), tokenizer

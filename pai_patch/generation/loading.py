@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,18 +11,22 @@ import torch
 from pai_patch.generation.decoders import HFDecoder, McoreDecoder
 from pai_patch.models.base import Runtime
 
-SHIPPED_TOKENIZER = Path(__file__).resolve().parents[1] / "assets" / "tokenizer"
 TRACKER = "latest_checkpointed_iteration.txt"
 
 
-def load_tokenizer(path: str | Path) -> Any:
-    from transformers import AutoTokenizer
+def load_tokenizer(name_or_dir: str | None, *, hf: str | None = None, mcore: str | None = None) -> Any:
+    """``--tokenizer`` (a directory, ``shipped`` or a seed class name), by default the model's own.
 
-    path = Path(path)
-    if not path.is_dir() or not any((path / n).is_file() for n in ("tokenizer.json", "tokenizer.model",
-                                                                        "tokenizer_config.json")):
-        raise FileNotFoundError(f"{path}: no tokenizer (expected tokenizer.json or tokenizer_config.json)")
-    return AutoTokenizer.from_pretrained(str(path))
+    The model's own is the HF directory's, or the copy a Megatron checkpoint carries (``convert hf2mcore``
+    and training write one); a checkpoint without one gets the shipped tokenizer, and says so.
+    """
+    from pai_patch.data import tokenizer
+
+    if name_or_dir is None and hf is None and not tokenizer.has_tokenizer(mcore):
+        print(f"note: {mcore} holds no tokenizer files; using the shipped tokenizer (--tokenizer DIR for another)",
+              file=sys.stderr)
+        name_or_dir = "shipped"
+    return tokenizer.load_tokenizer(name_or_dir or hf or mcore, hf=hf, checkpoint=mcore)
 
 
 def hf_decoder(hf_dir: str | Path, dtype: torch.dtype = torch.float32) -> HFDecoder:

@@ -172,7 +172,7 @@ def train_config(recipe: Recipe, stage: str, p: Paths | None = None) -> TrainCon
         "parallel": vars(recipe.parallel).copy(),
         "optim": dict(section.optim),
         "train": dict(section.train),
-        "data": {"tokenizer": recipe.data.tokenizer, **section.data},
+        "data": {"tokenizer": recipe.data.tokenizer, "hf": resolve_path(recipe.convert.hf), **section.data},
         "checkpoint": dict(section.checkpoint),
         "output_dir": str(getattr(p, stage)),
     }

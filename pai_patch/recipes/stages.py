@@ -104,22 +104,42 @@ def _skip(stage: str, output: Path) -> None:
 
 
 # ---- stages ------------------------------------------------------------------------------
+def tokenizer_dir(recipe: Recipe, checkpoint: Path) -> Path | None:
+    """Where the recipe's tokenizer loads from for a stage reading ``checkpoint``.
+
+    ``data.tokenizer`` is a directory, ``shipped``, or a seed class name whose files are looked for in
+    ``hf=``, then in ``checkpoint`` (``convert`` and training copy them there). A dry run, which writes
+    nothing, may name a checkpoint no stage has made yet: None there, where a real run stops with the error.
+    """
+    from pai_patch.data.tokenizer import TokenizerNotFound, find_tokenizer
+
+    name = recipe.data.tokenizer
+    try:
+        return find_tokenizer(resolve_path(name) if "/" in name else name, hf=resolve_path(recipe.convert.hf),
+                              checkpoint=checkpoint, family=recipe.model.family)
+    except TokenizerNotFound:
+        if dry_run():
+            return None
+        raise
+
+
 def stage_data(recipe: Recipe, p: Paths) -> None:
     from pai_patch.data.pretrain import preprocess_pretrain
     from pai_patch.data.sft import preprocess_sft
-    from pai_patch.data.tokenizer import load_tokenizer
+    from pai_patch.data.tokenizer import HF_SIDE_FILES, load_tokenizer
 
     d = recipe.data
-    tokenizer_dir = resolve_path(d.tokenizer) if "/" in d.tokenizer else None
+    source = tokenizer_dir(recipe, p.mcore_base)
     settings = to_dict(d) | {"sft_seq": train_config(recipe, "sft").seq_length}
-    inputs = [resolve_path(d.pretrain_input), resolve_path(d.sft_train), resolve_path(d.sft_valid), tokenizer_dir]
+    inputs = [resolve_path(d.pretrain_input), resolve_path(d.sft_train), resolve_path(d.sft_valid),
+              *(source / name for name in HF_SIDE_FILES if source)]  # its files, not a whole checkpoint's
     fp = _fingerprint(p, inputs, settings)
     if up_to_date(p.data, fp):
         return _skip("data", p.data)
     print(f"[data] {d.pretrain_input} -> {p.pretrain_dataset}; SFT {d.sft_train} -> {p.sft_train}")
     if dry_run():
         return
-    tokenizer = load_tokenizer(tokenizer_dir or d.tokenizer)
+    tokenizer = load_tokenizer(source)
     p.data.mkdir(parents=True, exist_ok=True)
     print(preprocess_pretrain(resolve_path(d.pretrain_input), tokenizer, p.pretrain_prefix, json_key=d.json_key,
                               workers=d.workers))
@@ -190,6 +210,7 @@ def _training_stage(stage: str) -> Callable[[Recipe, Paths], None]:
         _refuse_finished_run(stage, out, save_root, cfg.train.iterations)
         job = out / "job.yaml"
         if not dry_run():
+            cfg.tokenizer_dir()  # a tokenizer found nowhere: one line here, not one per rank after the launch
             # atomic: on PAI-DLC every node runs this stage on the shared output directory, and one
             # node's workers may be reading job.yaml while another node rewrites it
             write_text_atomic(job, yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -249,14 +270,15 @@ def _latest_training_checkpoint(p: Paths) -> Path:
 
 def stage_export(recipe: Recipe, p: Paths) -> None:
     ckpt = _latest_training_checkpoint(p)
-    hf = ensure_hf_base(recipe, p)
+    # without hf= at a real size, the config and tokenizer come from the copies the checkpoint carries
+    hf = ensure_hf_base(recipe, p) if recipe.convert.hf or recipe.model.size == "tiny" else None
     fp = _fingerprint(p, [ckpt / "latest_checkpointed_iteration.txt", hf], to_dict(recipe.export))
     if up_to_date(p.hf_export, fp):
         return _skip("export", p.hf_export)
     if p.hf_export.exists() and not dry_run():
         shutil.rmtree(p.hf_export)
     run_command(_python("convert", "mcore2hf", "--model", recipe.model.family, "--size", recipe.model.size,
-                        "--mcore", str(ckpt), "--hf", str(p.hf_export), "--source-hf", str(hf),
+                        "--mcore", str(ckpt), "--hf", str(p.hf_export), *(["--source-hf", str(hf)] if hf else []),
                         "--dtype", recipe.export.dtype, *([] if recipe.export.verify else ["--no-verify"])))
     mark_done(p.hf_export, fp)
 
@@ -312,10 +334,12 @@ def stage_serve(recipe: Recipe, p: Paths) -> None:
 
 def _model_and_sampling_args(recipe: Recipe, ckpt: Path) -> list[str]:
     g = recipe.generate
+    tokenizer = tokenizer_dir(recipe, ckpt)
     return ["--mcore", str(ckpt), "--family", recipe.model.family, "--size", recipe.model.size,
             "--max-new-tokens", str(g.max_new_tokens), "--top-k", str(g.top_k), "--top-p", str(g.top_p),
             "--temperature", str(g.temperature), "--repetition-penalty", str(g.repetition_penalty),
-            *(["--chat"] if g.chat else []), *([] if g.verify else ["--no-verify"])]
+            *(["--chat"] if g.chat else []), *([] if g.verify else ["--no-verify"]),
+            *(["--tokenizer", str(tokenizer)] if tokenizer else [])]
 
 
 def _python(*args: str) -> list[str]:

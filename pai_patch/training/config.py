@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from pai_patch.configio import ConfigError
@@ -129,7 +130,11 @@ class TrainSection:
 class DataSection:
     train_path: str | None = None
     valid_path: str | None = None
+    #: a directory, ``shipped``, or a seed class name (``Qwen2Tokenizer``...) whose files are looked for
+    #: in ``hf``, then in ``checkpoint.load`` (where ``convert hf2mcore`` and training copy them)
     tokenizer: str = "shipped"
+    #: the HF checkpoint the run started from (the recipe's ``hf=``), if any
+    hf: str | None = None
     #: mmap: Megatron .bin/.idx; raw: alpaca JSON tokenized on the fly (seeds' MP_DATASET_TYPE=raw)
     type: Literal["mmap", "raw"] = "mmap"
     sft: bool = False
@@ -181,3 +186,10 @@ class TrainConfig:
     @property
     def seq_length(self) -> int:
         return self.runtime().seq_length
+
+    def tokenizer_dir(self) -> Path:
+        """Where ``data.tokenizer`` loads from: checked by the recipe stage before launching, used by the trainer."""
+        from pai_patch.data.tokenizer import find_tokenizer
+
+        return find_tokenizer(self.data.tokenizer, hf=self.data.hf, checkpoint=self.checkpoint.load,
+                              family=self.model.family)

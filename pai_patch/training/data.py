@@ -36,12 +36,6 @@ class MegatronTokenizerView:
         return {"eod": self.eod, "pad": self.pad, "vocab_size": self.vocab_size}
 
 
-def tokenizer_for(cfg: TrainConfig):  # noqa: ANN201 - an HF tokenizer
-    from pai_patch.data.tokenizer import load_tokenizer
-
-    return load_tokenizer(cfg.data.tokenizer)
-
-
 def _check_prefix(prefix: str, what: str, seq_length: int | None = None) -> None:
     missing = [s for s in (".bin", ".idx") if not Path(prefix + s).is_file()]
     if missing:

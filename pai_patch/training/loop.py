@@ -177,13 +177,13 @@ class Trainer:
     def __init__(self, cfg: TrainConfig) -> None:
         from megatron.core import parallel_state as ps
 
+        from pai_patch.data.tokenizer import load_tokenizer
         from pai_patch.models import get_family
         from pai_patch.parallel import init_model_parallel, init_process_group, validate_layout, world_size_from_env
         from pai_patch.patches import apply_patches
         from pai_patch.training.backend import backend_runtime
         from pai_patch.training.checkpointing import refuse_if_in_use
         from pai_patch.training.moe_stats import ExpertTokenCounter
-        from pai_patch.training.data import tokenizer_for
         from pai_patch.training.vocab_check import check_vocabulary
 
         self.cfg = cfg
@@ -195,7 +195,8 @@ class Trainer:
         layout = validate_layout(size, self.rt, self.world, global_batch=t.global_batch_size,
                                  micro_batch=t.micro_batch_size, num_experts=family.num_routed_experts(size),
                                  seq_length=self.rt.seq_length)
-        self.tokenizer = tokenizer_for(cfg)
+        self.tokenizer_dir = cfg.tokenizer_dir()
+        self.tokenizer = load_tokenizer(self.tokenizer_dir)
         check_vocabulary(cfg, size, self.tokenizer)
         apply_patches()  # after every check of the job, so that a bad job prints its one error line and nothing else
         init_process_group()
@@ -310,8 +311,11 @@ class Trainer:
         return total / self.cfg.train.eval_iters
 
     def save(self) -> None:
+        from pai_patch.data.tokenizer import copy_tokenizer_files
         from pai_patch.training.checkpointing import save_checkpoint
 
+        if self.rank == 0:  # the tokenizer travels with the checkpoint: export, generation and a next stage find it
+            copy_tokenizer_files(self.tokenizer_dir, self.save_root)
         save_checkpoint(self.save_root, self.iteration, self.model, self.optimizer, self.scheduler,
                         consumed_samples=self.consumed, world_size=self.world, model_layout=self.model_layout,
                         optimizer_format_requested=self.cfg.checkpoint.optimizer_format,
