@@ -49,6 +49,30 @@ def test_llama_finetune_epochs_become_iterations(tmp_path: Path) -> None:
     assert shipped["train_iters"] == 6000  # 3000 samples, two epochs, batch 1
 
 
+def test_llama_finetune_batches_over_data_parallel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """BATCH_SIZE is per GPU: the global batch was set to it, so 8 data-parallel GPUs could not split it
+    ("global batch 1 must divide by micro batch * DP"), and EPOCH counted iterations of one GPU's batch."""
+    import torch
+
+    from pai_patch.recipes.stages import _validate
+
+    train = tmp_path / "train.json"
+    train.write_text(json.dumps([{"instruction": f"q{i}", "output": f"a{i}"} for i in range(2000)]))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    dsw = llama_finetune(str(train), str(train), "3", str(tmp_path / "out"), batch="2")
+    dlc = ["dlc", *dsw[1:11], "2", *dsw[12:]]  # TP=2 on 2 nodes x 8 GPUs: DP=8
+    dlc_env = {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "10.0.0.1", "KUBERNETES_CONTAINER_RESOURCE_GPU": "8"}
+    for argv, env in ((dsw, {}), (dlc, dlc_env)):
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        stage, overrides, _ = translate("run_finetune_megatron_llama", argv, env)
+        recipe = load_recipe("llama2", overrides[1:])
+        cfg = train_config(recipe, stage)
+        assert (cfg.train.global_batch_size, cfg.train.train_iters) == (16, 375)  # 2 x DP=8; 3 x 2000 / 16
+        _validate(recipe, cfg)
+
+
 def test_llama_finetune_missing_train_file_is_one_line(tmp_path: Path) -> None:
     missing = str(tmp_path / "nosuch.json")
     with pytest.raises(FileNotFoundError, match="nosuch.json: no such input file"):
