@@ -19,12 +19,12 @@ def run(script: str, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("script,args,message", [
-    (DEEPSEEK, ["A3B", "s", "d", "2", "1", "4", "fp32", "true", "false"], "MODEL_SIZE=A3B; allowed: A2.4B A21B"),
+    (DEEPSEEK, ["A3B", "s", "d", "2", "1", "4", "fp32", "true", "false"], "MODEL_SIZE=A3B; allowed: tiny A2.4B A21B"),
     (DEEPSEEK, ["A2.4B", "s", "d", "2", "1", "x", "fp32", "true", "false"], "EP=x; allowed: a positive integer"),
     (QWEN_DIST, ["0.5B", "s", "d", "false", "true", "int8"], "PR=int8; allowed: fp32 bf16 fp16"),
     (QWEN_DIST, ["0.5B", "s", "d", "true", "true", "bf16"], "MG2HF=true needs HF_DIR"),
     (QWEN, ["0.5B", "s", "d", "1", "1", "bf16", "yes", "true", "h"], "USE_TE=yes; allowed: true false"),
-    (LLAMA, ["/m", "s", "d", "1", "1", "llama-8b", "0", "false"], "MODEL_NAME=llama-8b; allowed: llama-7b"),
+    (LLAMA, ["/m", "s", "d", "1", "1", "llama-8b", "0", "false"], "MODEL_NAME=llama-8b; allowed: llama-tiny llama-7b"),
     (LLAMA, ["/m", "s", "d", "1", "1", "llama-7b", "293", "false"], "EXTRA_VOCAB_SIZE=293; allowed: 0"),
     (LLAMA, ["/m", "s"], "usage:"),
 ])
@@ -36,6 +36,11 @@ def test_bad_values_name_the_allowed_ones(script, args, message):
 @pytest.mark.parametrize("script,args", [
     (QWEN_DIST, ["0.5B", "{src}", "{dst}", "false", "true", "bf16"]),
     (LLAMA, ["/m", "{src}", "{dst}", "2", "1", "llama-7b", "0", "false"]),
+    # the CPU size every recipe runs at is accepted too (the wrappers refused it)
+    (QWEN_DIST, ["tiny", "{src}", "{dst}", "false", "true", "bf16"]),
+    (QWEN, ["tiny", "{src}", "{dst}", "1", "1", "fp32", "false", "false"]),
+    (DEEPSEEK, ["tiny", "{src}", "{dst}", "2", "1", "4", "fp32", "true", "false"]),
+    (LLAMA, ["/m", "{src}", "{dst}", "1", "1", "llama-tiny", "0", "false"]),
 ])
 def test_valid_values_reach_the_converter(tmp_path, script, args):
     src, dst = tmp_path / "no-such-checkpoint", tmp_path / "out"

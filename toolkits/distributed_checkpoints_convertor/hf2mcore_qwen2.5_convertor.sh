@@ -4,10 +4,10 @@
 # mg2hf=false: HF (SOURCE) -> Megatron-Core legacy checkpoint split for TP/PP (FORMAT=torch_dist: layout-free).
 # mg2hf=true:  Megatron-Core (SOURCE: converted or trained, legacy or torch_dist) -> HF (TARGET);
 #              config + tokenizer from HF_DIR (TP/PP are read from the checkpoint itself).
-usage() { echo "usage: $0 MODEL_SIZE(0.5B|1.5B|3B|7B|14B|32B|72B) SRC DST TP PP PR(fp32|bf16|fp16) USE_TE(true|false) mg2hf(true|false) [HF_DIR]" >&2; exit 2; }
+usage() { echo "usage: $0 MODEL_SIZE(tiny|0.5B|1.5B|3B|7B|14B|32B|72B) SRC DST TP PP PR(fp32|bf16|fp16) USE_TE(true|false) mg2hf(true|false) [HF_DIR]" >&2; exit 2; }
 [ $# -ge 8 ] || usage
 MODEL_SIZE=$1; SRC=$2; DST=$3; TP=$4; PP=$5; PR=$6; USE_TE=$7; MG2HF=$8; HF_DIR=${9:-}
-check MODEL_SIZE "$MODEL_SIZE" "0.5B 1.5B 3B 7B 14B 32B 72B"
+check MODEL_SIZE "$MODEL_SIZE" "tiny 0.5B 1.5B 3B 7B 14B 32B 72B"
 check PR "$PR" "fp32 bf16 fp16"
 check USE_TE "$USE_TE" "true false"
 check mg2hf "$MG2HF" "true false"

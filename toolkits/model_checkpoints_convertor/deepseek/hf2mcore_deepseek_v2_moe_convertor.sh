@@ -4,10 +4,10 @@
 # mg2hf=false: HF (SOURCE) -> Megatron-Core legacy checkpoint (TARGET) split for TP/PP/EP (TE names with USE_TE=true).
 # mg2hf=true:  Megatron-Core (SOURCE, legacy or torch_dist) -> HF (TARGET); config + tokenizer from HG_CKPT_PATH.
 # Thin wrapper over `python -m pai_patch convert`; FORMAT=torch_dist writes the layout-free format instead.
-usage() { echo "usage: $0 MODEL_SIZE(A2.4B|A21B) SRC DST TP PP EP PR(fp32|bf16|fp16) USE_TE(true|false) mg2hf(true|false) [HG_CKPT_PATH]" >&2; exit 2; }
+usage() { echo "usage: $0 MODEL_SIZE(tiny|A2.4B|A21B) SRC DST TP PP EP PR(fp32|bf16|fp16) USE_TE(true|false) mg2hf(true|false) [HG_CKPT_PATH]" >&2; exit 2; }
 [ $# -ge 9 ] || usage
 MODEL_SIZE=$1; SRC=$2; DST=$3; TP=$4; PP=$5; EP=$6; PR=$7; USE_TE=$8; MG2HF=$9; HG_CKPT_PATH=${10:-}
-check MODEL_SIZE "$MODEL_SIZE" "A2.4B A21B"
+check MODEL_SIZE "$MODEL_SIZE" "tiny A2.4B A21B"
 check PR "$PR" "fp32 bf16 fp16"
 check USE_TE "$USE_TE" "true false"
 check mg2hf "$MG2HF" "true false"

@@ -5,10 +5,10 @@
 # MG2HF=true:  Megatron-Core (LOAD_DIR, torch_dist or legacy, e.g. a training checkpoint) -> HF (SAVE_DIR);
 #              config + tokenizer from HF_DIR.
 # USE_CUDA is accepted for compatibility: conversion streams tensors from disk to disk, so the CPU is enough.
-usage() { echo "usage: $0 MODEL_SIZE(0.5B|1.5B|3B|7B|14B|32B|72B) LOAD_DIR SAVE_DIR MG2HF(true|false) USE_CUDA(true|false) PR(fp32|bf16|fp16) [HF_DIR]" >&2; exit 2; }
+usage() { echo "usage: $0 MODEL_SIZE(tiny|0.5B|1.5B|3B|7B|14B|32B|72B) LOAD_DIR SAVE_DIR MG2HF(true|false) USE_CUDA(true|false) PR(fp32|bf16|fp16) [HF_DIR]" >&2; exit 2; }
 [ $# -ge 6 ] || usage
 MODEL_SIZE=$1; LOAD_DIR=$2; SAVE_DIR=$3; MG2HF=$4; USE_CUDA=$5; PR=$6; HF_DIR=${7:-}
-check MODEL_SIZE "$MODEL_SIZE" "0.5B 1.5B 3B 7B 14B 32B 72B"
+check MODEL_SIZE "$MODEL_SIZE" "tiny 0.5B 1.5B 3B 7B 14B 32B 72B"
 check MG2HF "$MG2HF" "true false"
 check USE_CUDA "$USE_CUDA" "true false"
 check PR "$PR" "fp32 bf16 fp16"
