@@ -89,3 +89,21 @@ def test_dlc_launch_reads_the_platform_environment() -> None:
     assert "--nproc_per_node 8 --nnodes 4 --node_rank 2 --master_addr 10.0.0.1 --master_port 23456" in joined
     with pytest.raises(ConfigError, match="WORLD_SIZE, RANK, MASTER_ADDR not set"):
         train_command(recipe, "job.yaml", {})
+
+
+def test_recipe_get_prints_one_value(capsys: pytest.CaptureFixture[str]) -> None:
+    """The converter wrappers take their default output format from it (`recipe get R convert.format`)."""
+    import argparse
+
+    from pai_patch.recipes.cli import run
+
+    def get(key: str, *overrides: str) -> str:
+        run(argparse.Namespace(action="get", name="deepseek_v2", key=key, overrides=list(overrides)))
+        return capsys.readouterr().out.strip()
+
+    assert get("convert.format", "size=A2.4B") == "torch_dist" and get("convert.hf") == "null"
+    assert get("parallel.sequence_parallel", "sp=true") == "true"
+    with pytest.raises(ConfigError, match="'convert' is a section; name one of its keys: hf, format"):
+        get("convert")
+    with pytest.raises(ConfigError, match="'convert.nosuch': no such key"):
+        get("convert.nosuch")

@@ -104,6 +104,27 @@ def test_seed_raw_json_sft_example_runs(tmp_path: Path) -> None:
     assert len(rows) == 3 and all(r["loss"] == r["loss"] for r in rows)
 
 
+@pytest.mark.slow
+def test_seed_converter_output_loads_in_the_raw_sft_line(tmp_path: Path) -> None:
+    """Seed 000 converts at TP=2 EP=4, then its raw-JSON SFT line loads that checkpoint at TP=1 EP=1.
+
+    The converter wrapper wrote legacy rank files by default, which load only at the layout they were
+    split for, so the SFT stopped on a layout mismatch; it now writes the recipe's format (torch_dist)."""
+    from tests.test_convert_roundtrip import make_hf
+
+    hf, mcore, out = make_hf("deepseek_v2", tmp_path / "hf"), tmp_path / "mcore-tp2-pp1-ep4", tmp_path / "out"
+    subprocess.run(["sh", "toolkits/model_checkpoints_convertor/deepseek/hf2mcore_deepseek_v2_moe_convertor.sh",
+                    "tiny", str(hf), str(mcore), "2", "1", "4", "fp32", "true", "false"],
+                   cwd=ROOT, check=True, capture_output=True, text=True)
+    args = deepseek_sft_raw(str(out))
+    args[22], args[23], args[24] = str(mcore), "2", "1"  # PRETRAIN_CHECKPOINT_PATH; 2 iterations, 1 of warmup
+    result = subprocess.run(["sh", "recipes/deepseek_v2/run_mcore_deepseek.sh", *args], cwd=ROOT,
+                            capture_output=True, text=True, env={**os.environ, "MP_DATASET_TYPE": "raw"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"load: {mcore}" in (out / "sft" / "job.yaml").read_text()
+    assert len((out / "sft" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
 def test_seed_data_script_runs_under_sh(tmp_path: Path) -> None:
     """Seed 000 runs the preprocessing wrapper with `sh` (dash here), not bash."""
     subprocess.run(["sh", str(ROOT / "toolkits/pretrain_data_preprocessing/run_make_pretraining_dataset_megatron.sh"),

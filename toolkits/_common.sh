@@ -14,6 +14,10 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 # die MESSAGE: one line on stderr, exit 2 (bad input, as the Python CLI does)
 die() { echo "error: $*" >&2; exit 2; }
 
+# recipe_value RECIPE KEY [key=value ...]: one value of the resolved recipe, so that a wrapper's defaults
+# (e.g. the converter's output format) are the recipe's and a converted checkpoint loads in its training
+recipe_value() { "$PYTHON" -m pai_patch recipe get "$@"; }
+
 # check NAME VALUE "ALLOWED ...": VALUE must be one of the space-separated ALLOWED words
 check() { case " $3 " in *" $2 "*) ;; *) die "$1=$2; allowed: $3" ;; esac; }
 

@@ -1,7 +1,8 @@
 #!/bin/bash
 . "$(dirname -- "$0")/../../_common.sh"  # re-exec under bash, ROOT, PYTHON, check, die
 # Seed interface: MEGATRON_PATH SOURCE_CKPT_PATH TARGET_CKPT_PATH TP PP MODEL_NAME EXTRA_VOCAB_SIZE mg2hf
-# mg2hf=false: HF Llama 2 (SOURCE) -> Megatron-Core legacy checkpoint split for TP/PP (FORMAT=torch_dist: layout-free).
+# mg2hf=false: HF Llama 2 (SOURCE) -> Megatron-Core checkpoint in the recipe's format (convert.format of
+#              recipes/llama2: legacy, split for TP/PP, as the original writes it; FORMAT=torch_dist: layout-free).
 # mg2hf=true:  Megatron-Core (SOURCE) -> HF (TARGET); set HF_DIR to the HF checkpoint for config and tokenizer.
 # MEGATRON_PATH is accepted for compatibility (megatron-core comes from the venv). EXTRA_VOCAB_SIZE must be 0:
 # the vocabulary is padded automatically (to a multiple of 128, independent of TP).
@@ -18,5 +19,6 @@ if [ "$MG2HF" = true ]; then
   [ -n "${HF_DIR:-}" ] || die "mg2hf=true needs HF_DIR=<the HF checkpoint for config and tokenizer>"
   exec "$PYTHON" -m pai_patch convert mcore2hf --model llama2 --size "$SIZE" --mcore "$SRC" --hf "$DST" --source-hf "$HF_DIR"
 fi
+FORMAT=${FORMAT:-$(recipe_value llama2 convert.format size="$SIZE")}
 exec "$PYTHON" -m pai_patch convert hf2mcore --model llama2 --size "$SIZE" --hf "$SRC" --mcore "$DST" \
-  --tp "$TP" --pp "$PP" --format "${FORMAT:-legacy}"
+  --tp "$TP" --pp "$PP" --format "$FORMAT"
