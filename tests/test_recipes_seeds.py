@@ -58,7 +58,7 @@ def test_environment_switches() -> None:
     stage, overrides, _ = translate("run_mcore_deepseek", deepseek_sft_raw("/tmp/o"), env)
     assert stage == "sft"
     assert {"sft.data.type=raw", "sft.train.recompute_layers=2", "sft.data.pack=true",
-            "sft.train.train_iters=10000", "parallel.ep=1"} <= set(overrides)
+            "sft.train.train_iters=10000", "parallel.ep=1", "from_scratch=true"} <= set(overrides)  # CKPT none
 
 
 def test_wrong_count_and_values_are_rejected() -> None:

@@ -215,3 +215,40 @@ def test_run_with_nothing_to_train_says_so_instead_of_loss_nan() -> None:
     assert nothing == "done: already at iteration 100 of 100; nothing was trained"
     trained = summary_line({"iteration": 4, "last": {"loss": 6.78901}, "stopped": "exit_interval 4"}, 10)
     assert trained == "done: iteration 4 (exit_interval 4), loss 6.7890"
+
+
+def test_training_stage_converts_hf_first_or_says_it_trains_from_scratch(tmp_path: Path, monkeypatch,  # noqa: ANN001
+                                                                       capsys) -> None:
+    """`make recipe=R hf=DIR pretrain` where convert had not run trained from random weights (job `load: null`)."""
+    from pai_patch.recipes.stages import run_stage
+    from tests.test_convert_roundtrip import make_hf
+
+    monkeypatch.setenv("DRY_RUN", "1")
+    hf = make_hf("qwen2_5", tmp_path / "hf")
+    for stage in ("pretrain", "sft"):
+        run_stage(stage, ["recipe=qwen2_5", f"hf={hf}", f"output={tmp_path / stage}"])
+        out = capsys.readouterr().out
+        assert f"[{stage}] nothing to load yet: converting {hf} first" in out
+        assert out.index("convert hf2mcore") < out.index('"load": ' + json.dumps(str(tmp_path / stage / "mcore_base")))
+    run_stage("pretrain", ["recipe=qwen2_5", f"output={tmp_path / 'tiny'}"])  # the CPU default still trains
+    assert "[pretrain] training from scratch: random initialisation (tiny size with no hf=)" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="pretrain: size 7B has no checkpoint to start from; pass hf=DIR"):
+        run_stage("pretrain", ["recipe=qwen2_5", "size=7B", f"output={tmp_path / '7B'}"])
+    run_stage("pretrain", ["recipe=qwen2_5", "size=7B", "from_scratch=true", f"hf={hf}", f"output={tmp_path / '7B'}"])
+    out = capsys.readouterr().out
+    assert "training from scratch: random initialisation (from_scratch=true)" in out and "convert hf2mcore" not in out
+
+
+@pytest.mark.slow  # converts and trains two iterations of tiny Qwen2.5
+def test_pretrain_in_a_fresh_directory_converts_before_it_trains(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    from pai_patch.recipes.stages import run_stage
+    from tests.test_convert_roundtrip import make_hf
+
+    hf, out = make_hf("qwen2_5", tmp_path / "hf"), tmp_path / "run"
+    run_stage("pretrain", ["recipe=qwen2_5", f"hf={hf}", f"output={out}", "pretrain.train.train_iters=2",
+                           "pretrain.train.warmup_iters=1", "pretrain.train.eval_interval=null",
+                           "pretrain.train.seq_length=32", "pretrain.train.global_batch_size=2"])
+    assert f"[pretrain] nothing to load yet: converting {hf} first" in capsys.readouterr().out
+    assert (out / "mcore_base.stamp").is_file()
+    assert f"load: {out / 'mcore_base'}" in (out / "pretrain" / "job.yaml").read_text()
+    assert (out / "pretrain" / "checkpoint" / "iter_0000002").is_dir()

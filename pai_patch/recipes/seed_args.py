@@ -150,6 +150,7 @@ def translate(script: str, argv: list[str], env: Mapping[str, str] = os.environ)
             continue
         value = values[arg.name]
         if arg.name == "PRETRAIN_CHECKPOINT_PATH" and str(value).lower() in ("none", "", "null"):
+            overrides.append("from_scratch=true")  # the original launchers then pass no --load
             continue
         if arg.name == "SP" and value and int(values.get("TP", 1)) == 1:
             notes.append("SP=true with TP=1: sequence parallelism needs TP>1, so it is off (as Megatron-LM does)")
