@@ -53,6 +53,20 @@ def test_seed_script_and_make_resolve_the_same_job(tmp_path: Path) -> None:
     assert seed["train"]["train_tokens"] == 10000 and seed["parallel"]["sequence_parallel"] is False
 
 
+def test_dry_run_prints_the_iterations_and_refuses_a_missing_checkpoint(tmp_path: Path) -> None:
+    """DRY_RUN=1 printed no iteration count and accepted a PRETRAIN_CHECKPOINT_PATH that does not exist."""
+    data, out = str(tmp_path / "wudao_text_document"), str(tmp_path / "out")
+    env = {**os.environ, "DRY_RUN": "1"}
+    run = subprocess.run(["sh", "recipes/qwen2_5/run_mcore_qwen.sh", *qwen_pretrain("tiny", data, out)],
+                         capture_output=True, text=True, cwd=ROOT, env=env)
+    assert "[pretrain] 10 iterations: 10000 tokens / (global batch 8 x seq 128 = 1024 tokens)" in run.stdout
+    missing = tmp_path / "Qwen2.5-0.5B-to-mcore"
+    run = subprocess.run(["sh", "recipes/qwen2_5/run_mcore_qwen.sh", *qwen_pretrain("tiny", data, out, str(missing))],
+                         capture_output=True, text=True, cwd=ROOT, env=env)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [f"error: pretrain.checkpoint.load: {missing}: no such checkpoint directory"]
+
+
 def test_environment_switches() -> None:
     env = {"MP_DATASET_TYPE": "raw", "MP_AC_LAYERS": "2", "MP_SFT_PACKING": "true"}
     stage, overrides, _ = translate("run_mcore_deepseek", deepseek_sft_raw("/tmp/o"), env)
