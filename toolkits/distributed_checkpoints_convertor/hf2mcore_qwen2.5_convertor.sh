@@ -16,10 +16,10 @@ check_positive TP PP
 
 if [ "$MG2HF" = true ]; then
   [ -n "$HF_DIR" ] || die "mg2hf=true needs HF_DIR (9th argument): the HF checkpoint for config and tokenizer"
-  exec "$PYTHON" -m pai_patch convert mcore2hf --model qwen2_5 --size "$MODEL_SIZE" --mcore "$SRC" --hf "$DST" \
+  launch "$SRC" "$PYTHON" -m pai_patch convert mcore2hf --model qwen2_5 --size "$MODEL_SIZE" --mcore "$SRC" --hf "$DST" \
     --source-hf "$HF_DIR" --dtype "$PR"
 fi
 TE_FLAG=(); [ "$USE_TE" = true ] && TE_FLAG=(--use-te)
 FORMAT=${FORMAT:-$(recipe_value qwen2_5 convert.format size="$MODEL_SIZE")}
-exec "$PYTHON" -m pai_patch convert hf2mcore --model qwen2_5 --size "$MODEL_SIZE" --hf "$SRC" --mcore "$DST" \
+launch "$SRC" "$PYTHON" -m pai_patch convert hf2mcore --model qwen2_5 --size "$MODEL_SIZE" --hf "$SRC" --mcore "$DST" \
   --tp "$TP" --pp "$PP" --dtype "$PR" --format "$FORMAT" "${TE_FLAG[@]}"

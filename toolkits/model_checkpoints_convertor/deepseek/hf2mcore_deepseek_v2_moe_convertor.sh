@@ -17,10 +17,10 @@ check_positive TP PP EP
 
 if [ "$MG2HF" = true ]; then
   [ -n "$HG_CKPT_PATH" ] || die "mg2hf=true needs HG_CKPT_PATH (10th argument): the HF checkpoint for config and tokenizer"
-  exec "$PYTHON" -m pai_patch convert mcore2hf --model deepseek_v2 --size "$MODEL_SIZE" --mcore "$SRC" --hf "$DST" \
+  launch "$SRC" "$PYTHON" -m pai_patch convert mcore2hf --model deepseek_v2 --size "$MODEL_SIZE" --mcore "$SRC" --hf "$DST" \
     --source-hf "$HG_CKPT_PATH" --dtype "$PR"
 fi
 TE_FLAG=(); [ "$USE_TE" = true ] && TE_FLAG=(--use-te)
 FORMAT=${FORMAT:-$(recipe_value deepseek_v2 convert.format size="$MODEL_SIZE")}
-exec "$PYTHON" -m pai_patch convert hf2mcore --model deepseek_v2 --size "$MODEL_SIZE" --hf "$SRC" --mcore "$DST" \
+launch "$SRC" "$PYTHON" -m pai_patch convert hf2mcore --model deepseek_v2 --size "$MODEL_SIZE" --hf "$SRC" --mcore "$DST" \
   --tp "$TP" --pp "$PP" --ep "$EP" --dtype "$PR" --format "$FORMAT" "${TE_FLAG[@]}"

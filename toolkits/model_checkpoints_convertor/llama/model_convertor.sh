@@ -17,8 +17,8 @@ SIZE=${MODEL_NAME#llama-}; [ "$SIZE" = tiny ] || SIZE=$(echo "$SIZE" | tr '[:low
 
 if [ "$MG2HF" = true ]; then
   [ -n "${HF_DIR:-}" ] || die "mg2hf=true needs HF_DIR=<the HF checkpoint for config and tokenizer>"
-  exec "$PYTHON" -m pai_patch convert mcore2hf --model llama2 --size "$SIZE" --mcore "$SRC" --hf "$DST" --source-hf "$HF_DIR"
+  launch "$SRC" "$PYTHON" -m pai_patch convert mcore2hf --model llama2 --size "$SIZE" --mcore "$SRC" --hf "$DST" --source-hf "$HF_DIR"
 fi
 FORMAT=${FORMAT:-$(recipe_value llama2 convert.format size="$SIZE")}
-exec "$PYTHON" -m pai_patch convert hf2mcore --model llama2 --size "$SIZE" --hf "$SRC" --mcore "$DST" \
+launch "$SRC" "$PYTHON" -m pai_patch convert hf2mcore --model llama2 --size "$SIZE" --hf "$SRC" --mcore "$DST" \
   --tp "$TP" --pp "$PP" --format "$FORMAT"

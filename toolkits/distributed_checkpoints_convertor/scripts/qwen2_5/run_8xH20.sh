@@ -15,8 +15,8 @@ check PR "$PR" "fp32 bf16 fp16"
 
 if [ "$MG2HF" = true ]; then
   [ -n "$HF_DIR" ] || die "MG2HF=true needs HF_DIR (7th argument): the HF checkpoint for config and tokenizer"
-  exec "$PYTHON" -m pai_patch convert mcore2hf --model qwen2_5 --size "$MODEL_SIZE" --mcore "$LOAD_DIR" \
+  launch "$LOAD_DIR" "$PYTHON" -m pai_patch convert mcore2hf --model qwen2_5 --size "$MODEL_SIZE" --mcore "$LOAD_DIR" \
     --hf "$SAVE_DIR" --source-hf "$HF_DIR" --dtype "$PR"
 fi
-exec "$PYTHON" -m pai_patch convert hf2mcore --model qwen2_5 --size "$MODEL_SIZE" --hf "$LOAD_DIR" --mcore "$SAVE_DIR" \
+launch "$LOAD_DIR" "$PYTHON" -m pai_patch convert hf2mcore --model qwen2_5 --size "$MODEL_SIZE" --hf "$LOAD_DIR" --mcore "$SAVE_DIR" \
   --format torch_dist --dtype "$PR"
