@@ -38,7 +38,7 @@ QWEN_USAGE = ("usage: run_mcore_qwen.sh ENV MODEL_SIZE BATCH_SIZE GLOBAL_BATCH_S
 TRAIN_KEYS = ("eval_interval, eval_iters, exit_duration_minutes, exit_interval, flash_attn, global_batch_size, "
               "log_interval, micro_batch_size, nan_skip_budget, precision, recompute, recompute_layers, seed, "
               "seq_length, train_iters, train_tokens, warmup_iters, warmup_tokens")
-RECIPE_KEYS = ("convert, data, description, eval, export, generate, image, launch, lock, model, output_dir, "
+RECIPE_KEYS = ("convert, data, description, eval, export, from_scratch, generate, image, launch, lock, model, output_dir, "
                "parallel, pretrain, recipe, sft, sizes")
 QWEN_YAML = "<repo>/recipes/qwen2_5/recipe.yaml"
 

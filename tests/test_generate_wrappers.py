@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -44,3 +45,23 @@ def test_hfds_wrapper_checks_its_switches(tmp_path: Path) -> None:
     args[8] = "true"
     proc = _bash(HFDS, *args)
     assert proc.returncode == 2 and "ckpt: no config.json" in proc.stderr
+
+
+def test_generation_and_deepspeed_wrappers_have_a_dry_run(tmp_path: Path) -> None:
+    """DRY_RUN=1 printed nothing and ran the job: the command is printed, exit 0, a missing checkpoint refused."""
+    ckpt, missing = tmp_path / "ckpt", tmp_path / "nosuch"
+    ckpt.mkdir()
+    gen = ["dsw", "m", "p", str(ckpt), "tiny", "1", "1", "1024", "1024", "0", "fp32", "0", "512", "32", "in.jsonl",
+           str(tmp_path / "out.txt"), "0", "1.0", "1.2"]
+    hfds = ["dsw", "7B", "1", "2", "1e-5", "2048", "bf16", "2", "true", "t.json", "v.json", str(ckpt), "2",
+            str(tmp_path / "out")]
+    env = {**os.environ, "DRY_RUN": "1"}
+    for script, args, command in ((GEN, gen, f"-m pai_patch generate --mcore {ckpt} --family llama2 --size tiny"),
+                                  (HFDS, hfds, f"-m pai_patch hf_train --model {ckpt} --train-data t.json")):
+        proc = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, cwd=REPO, env=env)
+        assert proc.returncode == 0 and command in proc.stdout, proc.stderr
+        args[args.index(str(ckpt))] = str(missing)
+        proc = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, cwd=REPO, env=env)
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == f"error: {missing}: no such " \
+                                                                                  "checkpoint directory"
+    assert not (tmp_path / "out.txt").exists() and not (tmp_path / "out").exists()

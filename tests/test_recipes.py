@@ -147,3 +147,21 @@ def test_readers_stages_pass_no_verify_only_when_the_recipe_turns_the_check_off(
     assert "--no-verify" not in commands[0].split()
     assert commands[1].split().count("--no-verify") == 1
     assert [arg for arg in commands[1].split() if arg != "--no-verify"] == commands[0].split()
+
+
+def test_recipe_get_prints_one_value(capsys: pytest.CaptureFixture[str]) -> None:
+    """The converter wrappers take their default output format from it (`recipe get R convert.format`)."""
+    import argparse
+
+    from pai_patch.recipes.cli import run
+
+    def get(key: str, *overrides: str) -> str:
+        run(argparse.Namespace(action="get", name="deepseek_v2", key=key, overrides=list(overrides)))
+        return capsys.readouterr().out.strip()
+
+    assert get("convert.format", "size=A2.4B") == "torch_dist" and get("convert.hf") == "null"
+    assert get("parallel.sequence_parallel", "sp=true") == "true"
+    with pytest.raises(ConfigError, match="'convert' is a section; name one of its keys: hf, format"):
+        get("convert")
+    with pytest.raises(ConfigError, match="'convert.nosuch': no such key"):
+        get("convert.nosuch")

@@ -53,12 +53,26 @@ def test_seed_script_and_make_resolve_the_same_job(tmp_path: Path) -> None:
     assert seed["train"]["train_tokens"] == 10000 and seed["parallel"]["sequence_parallel"] is False
 
 
+def test_dry_run_prints_the_iterations_and_refuses_a_missing_checkpoint(tmp_path: Path) -> None:
+    """DRY_RUN=1 printed no iteration count and accepted a PRETRAIN_CHECKPOINT_PATH that does not exist."""
+    data, out = str(tmp_path / "wudao_text_document"), str(tmp_path / "out")
+    env = {**os.environ, "DRY_RUN": "1"}
+    run = subprocess.run(["sh", "recipes/qwen2_5/run_mcore_qwen.sh", *qwen_pretrain("tiny", data, out)],
+                         capture_output=True, text=True, cwd=ROOT, env=env)
+    assert "[pretrain] 10 iterations: 10000 tokens / (global batch 8 x seq 128 = 1024 tokens)" in run.stdout
+    missing = tmp_path / "Qwen2.5-0.5B-to-mcore"
+    run = subprocess.run(["sh", "recipes/qwen2_5/run_mcore_qwen.sh", *qwen_pretrain("tiny", data, out, str(missing))],
+                         capture_output=True, text=True, cwd=ROOT, env=env)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [f"error: pretrain.checkpoint.load: {missing}: no such checkpoint directory"]
+
+
 def test_environment_switches() -> None:
     env = {"MP_DATASET_TYPE": "raw", "MP_AC_LAYERS": "2", "MP_SFT_PACKING": "true"}
     stage, overrides, _ = translate("run_mcore_deepseek", deepseek_sft_raw("/tmp/o"), env)
     assert stage == "sft"
     assert {"sft.data.type=raw", "sft.train.recompute_layers=2", "sft.data.pack=true",
-            "sft.train.train_iters=10000", "parallel.ep=1"} <= set(overrides)
+            "sft.train.train_iters=10000", "parallel.ep=1", "from_scratch=true"} <= set(overrides)  # CKPT none
 
 
 def test_wrong_count_and_values_are_rejected() -> None:
@@ -102,6 +116,27 @@ def test_seed_raw_json_sft_example_runs(tmp_path: Path) -> None:
                    capture_output=True, text=True, env={**os.environ, "MP_DATASET_TYPE": "raw"})
     rows = [json.loads(x) for x in (out / "sft" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(r["loss"] == r["loss"] for r in rows)
+
+
+@pytest.mark.slow
+def test_seed_converter_output_loads_in_the_raw_sft_line(tmp_path: Path) -> None:
+    """Seed 000 converts at TP=2 EP=4, then its raw-JSON SFT line loads that checkpoint at TP=1 EP=1.
+
+    The converter wrapper wrote legacy rank files by default, which load only at the layout they were
+    split for, so the SFT stopped on a layout mismatch; it now writes the recipe's format (torch_dist)."""
+    from tests.test_convert_roundtrip import make_hf
+
+    hf, mcore, out = make_hf("deepseek_v2", tmp_path / "hf"), tmp_path / "mcore-tp2-pp1-ep4", tmp_path / "out"
+    subprocess.run(["sh", "toolkits/model_checkpoints_convertor/deepseek/hf2mcore_deepseek_v2_moe_convertor.sh",
+                    "tiny", str(hf), str(mcore), "2", "1", "4", "fp32", "true", "false"],
+                   cwd=ROOT, check=True, capture_output=True, text=True)
+    args = deepseek_sft_raw(str(out))
+    args[22], args[23], args[24] = str(mcore), "2", "1"  # PRETRAIN_CHECKPOINT_PATH; 2 iterations, 1 of warmup
+    result = subprocess.run(["sh", "recipes/deepseek_v2/run_mcore_deepseek.sh", *args], cwd=ROOT,
+                            capture_output=True, text=True, env={**os.environ, "MP_DATASET_TYPE": "raw"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"load: {mcore}" in (out / "sft" / "job.yaml").read_text()
+    assert len((out / "sft" / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 def test_seed_data_script_runs_under_sh(tmp_path: Path) -> None:

@@ -49,6 +49,30 @@ def test_llama_finetune_epochs_become_iterations(tmp_path: Path) -> None:
     assert shipped["train_iters"] == 6000  # 3000 samples, two epochs, batch 1
 
 
+def test_llama_finetune_batches_over_data_parallel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """BATCH_SIZE is per GPU: the global batch was set to it, so 8 data-parallel GPUs could not split it
+    ("global batch 1 must divide by micro batch * DP"), and EPOCH counted iterations of one GPU's batch."""
+    import torch
+
+    from pai_patch.recipes.stages import _validate
+
+    train = tmp_path / "train.json"
+    train.write_text(json.dumps([{"instruction": f"q{i}", "output": f"a{i}"} for i in range(2000)]))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    dsw = llama_finetune(str(train), str(train), "3", str(tmp_path / "out"), batch="2")
+    dlc = ["dlc", *dsw[1:11], "2", *dsw[12:]]  # TP=2 on 2 nodes x 8 GPUs: DP=8
+    dlc_env = {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "10.0.0.1", "KUBERNETES_CONTAINER_RESOURCE_GPU": "8"}
+    for argv, env in ((dsw, {}), (dlc, dlc_env)):
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        stage, overrides, _ = translate("run_finetune_megatron_llama", argv, env)
+        recipe = load_recipe("llama2", overrides[1:])
+        cfg = train_config(recipe, stage)
+        assert (cfg.train.global_batch_size, cfg.train.train_iters) == (16, 375)  # 2 x DP=8; 3 x 2000 / 16
+        _validate(recipe, cfg)
+
+
 def test_llama_finetune_missing_train_file_is_one_line(tmp_path: Path) -> None:
     missing = str(tmp_path / "nosuch.json")
     with pytest.raises(FileNotFoundError, match="nosuch.json: no such input file"):
@@ -191,3 +215,40 @@ def test_run_with_nothing_to_train_says_so_instead_of_loss_nan() -> None:
     assert nothing == "done: already at iteration 100 of 100; nothing was trained"
     trained = summary_line({"iteration": 4, "last": {"loss": 6.78901}, "stopped": "exit_interval 4"}, 10)
     assert trained == "done: iteration 4 (exit_interval 4), loss 6.7890"
+
+
+def test_training_stage_converts_hf_first_or_says_it_trains_from_scratch(tmp_path: Path, monkeypatch,  # noqa: ANN001
+                                                                       capsys) -> None:
+    """`make recipe=R hf=DIR pretrain` where convert had not run trained from random weights (job `load: null`)."""
+    from pai_patch.recipes.stages import run_stage
+    from tests.test_convert_roundtrip import make_hf
+
+    monkeypatch.setenv("DRY_RUN", "1")
+    hf = make_hf("qwen2_5", tmp_path / "hf")
+    for stage in ("pretrain", "sft"):
+        run_stage(stage, ["recipe=qwen2_5", f"hf={hf}", f"output={tmp_path / stage}"])
+        out = capsys.readouterr().out
+        assert f"[{stage}] nothing to load yet: converting {hf} first" in out
+        assert out.index("convert hf2mcore") < out.index('"load": ' + json.dumps(str(tmp_path / stage / "mcore_base")))
+    run_stage("pretrain", ["recipe=qwen2_5", f"output={tmp_path / 'tiny'}"])  # the CPU default still trains
+    assert "[pretrain] training from scratch: random initialisation (tiny size with no hf=)" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="pretrain: size 7B has no checkpoint to start from; pass hf=DIR"):
+        run_stage("pretrain", ["recipe=qwen2_5", "size=7B", f"output={tmp_path / '7B'}"])
+    run_stage("pretrain", ["recipe=qwen2_5", "size=7B", "from_scratch=true", f"hf={hf}", f"output={tmp_path / '7B'}"])
+    out = capsys.readouterr().out
+    assert "training from scratch: random initialisation (from_scratch=true)" in out and "convert hf2mcore" not in out
+
+
+@pytest.mark.slow  # converts and trains two iterations of tiny Qwen2.5
+def test_pretrain_in_a_fresh_directory_converts_before_it_trains(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    from pai_patch.recipes.stages import run_stage
+    from tests.test_convert_roundtrip import make_hf
+
+    hf, out = make_hf("qwen2_5", tmp_path / "hf"), tmp_path / "run"
+    run_stage("pretrain", ["recipe=qwen2_5", f"hf={hf}", f"output={out}", "pretrain.train.train_iters=2",
+                           "pretrain.train.warmup_iters=1", "pretrain.train.eval_interval=null",
+                           "pretrain.train.seq_length=32", "pretrain.train.global_batch_size=2"])
+    assert f"[pretrain] nothing to load yet: converting {hf} first" in capsys.readouterr().out
+    assert (out / "mcore_base.stamp").is_file()
+    assert f"load: {out / 'mcore_base'}" in (out / "pretrain" / "job.yaml").read_text()
+    assert (out / "pretrain" / "checkpoint" / "iter_0000002").is_dir()

@@ -14,6 +14,26 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 # die MESSAGE: one line on stderr, exit 2 (bad input, as the Python CLI does)
 die() { echo "error: $*" >&2; exit 2; }
 
+# recipe_value RECIPE KEY [key=value ...]: one value of the resolved recipe, so that a wrapper's defaults
+# (e.g. the converter's output format) are the recipe's and a converted checkpoint loads in its training
+recipe_value() { "$PYTHON" -m pai_patch recipe get "$@"; }
+
+# dry_run: true when DRY_RUN is set to anything but 0/false (as `make` and the seed launchers read it)
+dry_run() { case "${DRY_RUN:-0}" in ""|0|false) return 1 ;; esac; }
+
+# launch CHECKPOINT CMD...: exec CMD. Under DRY_RUN only check that CHECKPOINT, the input checkpoint
+# directory, exists, print CMD and exit 0: a job is rehearsed before it is queued.
+launch() {
+  local checkpoint=$1
+  shift
+  if dry_run; then
+    [ -d "$checkpoint" ] || die "$checkpoint: no such checkpoint directory"
+    printf '+'; printf ' %q' "$@"; printf '\n'
+    exit 0
+  fi
+  exec "$@"
+}
+
 # check NAME VALUE "ALLOWED ...": VALUE must be one of the space-separated ALLOWED words
 check() { case " $3 " in *" $2 "*) ;; *) die "$1=$2; allowed: $3" ;; esac; }
 

@@ -105,6 +105,9 @@ class Recipe:
     generate: GenerateStage = field(default_factory=GenerateStage)
     #: where every stage writes (default output/<recipe>-<size>)
     output_dir: str | None = None
+    #: train from random initialisation even at a published size or with convert.hf set (announced in the log);
+    #: otherwise a training stage with nothing to load converts convert.hf first
+    from_scratch: bool = False
     description: str = ""
     #: per-size overrides of any section, applied when model.size selects the row
     sizes: dict[str, Any] = field(default_factory=dict)

@@ -150,12 +150,15 @@ def translate(script: str, argv: list[str], env: Mapping[str, str] = os.environ)
             continue
         value = values[arg.name]
         if arg.name == "PRETRAIN_CHECKPOINT_PATH" and str(value).lower() in ("none", "", "null"):
+            overrides.append("from_scratch=true")  # the original launchers then pass no --load
             continue
         if arg.name == "SP" and value and int(values.get("TP", 1)) == 1:
             notes.append("SP=true with TP=1: sequence parallelism needs TP>1, so it is off (as Megatron-LM does)")
             value = False
         overrides.append(f"{arg.key.format(stage=stage)}={_fmt(value)}")
     overrides += _budget(script, stage, values)
+    if "EPOCH" in values:
+        overrides += _epoch_budget(stage, values, _data_parallel(recipe, overrides, env))
     overrides += _environment(stage, env, notes)
     overrides += _virtual_pipeline(recipe, values, env)
     if stage == "sft" and script == "run_finetune_megatron_llama":
@@ -172,11 +175,28 @@ def _budget(script: str, stage: str, values: Mapping[str, object]) -> list[str]:
                 f"{stage}.train.warmup_{unit}={values['WARMUP_TOKENS_OR_ITERS']}", f"{stage}.train.warmup_{other}=null"]
     if script == "run_pretrain_megatron_llama":
         return [f"{stage}.train.train_iters=null", f"{stage}.train.warmup_iters=null"]
-    if "EPOCH" in values:
-        batch = int(values["BATCH_SIZE"])
-        return [f"{stage}.train.train_iters={epoch_iters(str(values['TRAIN_DATASET_PATH']), int(values['EPOCH']), batch)}",
-                f"{stage}.train.train_tokens=null", f"{stage}.train.global_batch_size={batch}"]
     return []
+
+
+def _data_parallel(recipe_name: str, overrides: list[str], env: Mapping[str, str]) -> int:
+    """DP of the job the overrides describe: the launcher's world size (dsw: the node's GPUs;
+    dlc: WORLD_SIZE nodes x KUBERNETES_CONTAINER_RESOURCE_GPU) over TP x PP x CP."""
+    from pai_patch.recipes.launch import nodes_and_procs
+    from pai_patch.recipes.resolve import load_recipe
+
+    recipe = load_recipe(recipe_name, overrides[1:])
+    nodes, per_node = nodes_and_procs(recipe, env)
+    p = recipe.parallel
+    return max(1, nodes * per_node // (p.tp * p.pp * p.cp))  # an indivisible layout is refused by validate_layout
+
+
+def _epoch_budget(stage: str, values: Mapping[str, object], data_parallel: int) -> list[str]:
+    """The llama finetune launcher passes no global batch: as in Megatron-LM, one iteration takes
+    BATCH_SIZE samples on each data-parallel rank, and EPOCH passes take epochs x samples / that."""
+    batch = int(values["BATCH_SIZE"]) * data_parallel
+    iters = epoch_iters(str(values["TRAIN_DATASET_PATH"]), int(values["EPOCH"]), batch)
+    return [f"{stage}.train.train_iters={iters}", f"{stage}.train.train_tokens=null",
+            f"{stage}.train.global_batch_size={batch}"]
 
 
 def epoch_iters(train_path: str, epochs: int, global_batch_size: int) -> int:

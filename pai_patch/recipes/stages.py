@@ -195,18 +195,20 @@ def _training_stage(stage: str) -> Callable[[Recipe, Paths], None]:
         import yaml
 
         cfg = train_config(recipe, stage, p)
+        _validate(recipe, cfg)
         if cfg.data.train_path.startswith(str(p.data)):
             stage_data(recipe, p)  # this run's own data: (re)made when missing or stale
         out = Path(cfg.output_dir)
+        save_root = Path(cfg.checkpoint.save) if cfg.checkpoint.save else out / "checkpoint"
+        _starting_point(recipe, stage, p, cfg, save_root)
         inputs = [p.data if cfg.data.train_path.startswith(str(p.data)) else Path(cfg.data.train_path)]
         if cfg.checkpoint.load:  # a retrained parent makes this stage stale
             inputs.append(Path(cfg.checkpoint.load) / "latest_checkpointed_iteration.txt")
         fp = _fingerprint(p, inputs, to_dict(cfg))
-        save_root = Path(cfg.checkpoint.save) if cfg.checkpoint.save else out / "checkpoint"
         final = save_root / f"iter_{cfg.train.iterations:07d}"
         if up_to_date(out, fp) and final.exists():
             return _skip(stage, out)
-        _validate(recipe, cfg)
+        print(f"[{stage}] {_budget_line(cfg.train)}", flush=True)
         _refuse_finished_run(stage, out, save_root, cfg.train.iterations)
         job = out / "job.yaml"
         if not dry_run():
@@ -230,6 +232,42 @@ def _training_stage(stage: str) -> Callable[[Recipe, Paths], None]:
         mark_done(out, fp)
 
     return run
+
+
+def _starting_point(recipe: Recipe, stage: str, p: Paths, cfg, save_root: Path) -> None:  # noqa: ANN001
+    """A training stage with nothing to load never starts from random weights without a word.
+
+    With ``hf=`` it converts that checkpoint first (the convert stage, skipped when its stamp is
+    current) and loads the result; training from scratch is the ``from_scratch=true`` switch, or the
+    tiny CPU size with no ``hf=`` (the shipped recipes' default), and says so in one line.
+    """
+    from pai_patch.training.checkpointing import TRACKER, read_tracker
+
+    load = Path(cfg.checkpoint.load or ".")
+    if getattr(recipe, stage).checkpoint.get("load") and not (load / TRACKER).is_file():
+        # the user's (a seed's PRETRAIN_CHECKPOINT_PATH): refused here, before a job is queued
+        problem = f"not a Megatron checkpoint (no {TRACKER})" if load.is_dir() else "no such checkpoint directory"
+        raise ConfigError(f"{stage}.checkpoint.load: {load}: {problem}")
+    if cfg.checkpoint.load or read_tracker(save_root) is not None:
+        return  # an explicit or earlier stage's checkpoint, or this stage's own to resume
+    if recipe.convert.hf and not recipe.from_scratch:
+        print(f"[{stage}] nothing to load yet: converting {recipe.convert.hf} first", flush=True)
+        stage_convert(recipe, p)
+        cfg.checkpoint.load = str(p.mcore_base)
+        return
+    if not recipe.from_scratch and recipe.model.size != "tiny":
+        raise ConfigError(f"{stage}: size {recipe.model.size} has no checkpoint to start from; pass hf=DIR (its HF "
+                          f"checkpoint, converted first) or from_scratch=true to train from random initialisation")
+    reason = "from_scratch=true" if recipe.from_scratch else "tiny size with no hf="
+    print(f"[{stage}] training from scratch: random initialisation ({reason})", flush=True)
+
+
+def _budget_line(train) -> str:  # noqa: ANN001
+    """How many iterations the job runs and why, so a dry run shows a token budget's real length."""
+    batch = f"global batch {train.global_batch_size} x seq {train.seq_length}"
+    if train.train_iters is not None:
+        return f"{train.iterations} iterations ({batch})"
+    return f"{train.iterations} iterations: {train.train_tokens} tokens / ({batch} = {train.tokens_per_iter} tokens)"
 
 
 def _refuse_finished_run(stage: str, out: Path, save_root: Path, iterations: int) -> None:

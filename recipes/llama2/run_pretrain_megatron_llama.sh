@@ -1,7 +1,8 @@
 #!/bin/sh
 # Seed-compatible launcher: the original positional interface of run_pretrain_megatron_llama.sh, mapped onto
 # recipes/llama2/recipe.yaml (see `python -m pai_patch seed run_pretrain_megatron_llama --help` and README "Seed workflows").
-# Unknown values are rejected with the allowed list; DRY_RUN=1 prints the launch command only.
+# Unknown values are rejected with the allowed list; DRY_RUN=1 prints the job, its iteration count and the
+# launch command, and refuses a PRETRAIN_CHECKPOINT_PATH that does not exist.
 ROOT=$(CDPATH= cd -- "$(dirname -- "$0")/../.." && pwd)
 PY="$ROOT/.venv/bin/python"
 [ -x "$PY" ] || PY=python3

@@ -26,4 +26,4 @@ ARGS=(--mcore "$CHECKPOINT_PATH" --family "${MODEL_FAMILY:-llama2}" --size "$MOD
       --repetition-penalty "$REPETITION_PENALTY" --max-prompt-tokens "$INPUT_SEQ_LEN"
       --max-new-tokens "$OUTPUT_SEQ_LEN" --input "$INPUT_FILE" --output "$OUTPUT_FILE")
 [ -n "${TOKENIZER:-}" ] && ARGS+=(--tokenizer "$TOKENIZER")
-exec "$PYTHON" -m pai_patch generate "${ARGS[@]}"
+launch "$CHECKPOINT_PATH" "$PYTHON" -m pai_patch generate "${ARGS[@]}"
