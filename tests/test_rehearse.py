@@ -100,3 +100,51 @@ def test_estimate_follows_the_switches() -> None:
     assert full.activations < plain.activations / 10
     fp32 = estimate(size, counts, dataclasses.replace(base, rt=dataclasses.replace(base.rt, precision="fp32")))
     assert fp32.weights == 2 * plain.weights
+
+
+def _convert(hf: Path, out: Path, *args: str) -> Path:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    result = subprocess.run([sys.executable, "-m", "pai_patch", "convert", "hf2mcore", "--model", "qwen2_5",
+                             "--hf", str(hf), "--mcore", str(out), *args], cwd=ROOT, capture_output=True, text=True,
+                            timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_a_legacy_checkpoint_at_another_layout_is_named(tmp_path, capsys) -> None:
+    """Seed 000's trap: a legacy checkpoint converted at one TP, fine-tuned at another, fails only on the cluster."""
+    from pai_patch.recipes.hf_init import write_random_hf
+
+    write_random_hf("qwen2_5", "tiny", tmp_path / "hf", "shipped")
+    ckpt = _convert(tmp_path / "hf", tmp_path / "legacy", "--format", "legacy", "--tp", "1")
+    rc, out = rehearse(capsys, tmp_path, "recipe=qwen2_5", f"sft.checkpoint.load={ckpt}", "tp=2", "gpus=2")
+    assert rc == 1
+    assert (f"error: sft checkpoint: {ckpt}: legacy checkpoint at TP=1 PP=1 EP=1, but the job runs at TP=2 PP=1 "
+            "EP=1; convert at the job's layout or to torch_dist") in out
+
+
+@pytest.mark.slow
+def test_seed_line_at_its_published_size_rehearses_from_the_converted_checkpoint(corpus_prefix, tmp_path) -> None:
+    """Seed 001's Qwen2.5-0.5B continued pretraining, typed as written with DRY_RUN=rehearse: the tokenizer is
+    found in the converted checkpoint (the seed passes no tokenizer directory), names and shapes match."""
+    import os
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    hf = write_sparse_hf("qwen2_5", "0.5B", tmp_path / "Qwen2.5-0.5B")
+    ckpt = _convert(hf, tmp_path / "mcore", "--size", "0.5B", "--dtype", "bf16")
+    args = ["dsw", "0.5B", "1", "8", "1e-5", "1e-6", "128", "128", "bf16", "1", "1", "1", "true", "true", "true",
+            "false", "sel", "false", "100000", corpus_prefix, corpus_prefix, str(ckpt), "10000", "100",
+            str(tmp_path / "out")]
+    result = subprocess.run(["sh", "recipes/qwen2_5/run_mcore_qwen.sh", *args], cwd=ROOT, capture_output=True,
+                            text=True, timeout=600, env={**os.environ, "DRY_RUN": "rehearse"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert f"pretrain tokenizer: Qwen2Tokenizer from {ckpt}" in result.stdout
+    assert f"pretrain checkpoint: {ckpt}: torch_dist, loads at any layout; names and shapes match" in result.stdout
+    assert "pretrain memory:" in result.stdout and ": fits" in result.stdout
+    assert not (tmp_path / "out").exists()

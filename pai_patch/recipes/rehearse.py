@@ -4,7 +4,8 @@ Everything a real job checks before its first step, for the real world size: the
 (found where a job finds it), the data, tokens -> iterations, the parallel layout's rules, the HF
 checkpoint's tensor names and shapes (safetensors headers only, never the weights), a Megatron
 checkpoint's layout, and a per-GPU memory estimate against a named GPU. One report, one exit code;
-every problem one line naming its culprit. A user on PAI otherwise meets each of these only after a
+every problem one line naming its culprit. ``DRY_RUN=rehearse`` on any stage or seed launcher runs this
+instead of the stage. A user on PAI otherwise meets each of these only after a
 cluster job has queued and started.
 
 World size: ``gpus=N nodes=M``; else, under ``env=dlc``, PAI-DLC's ``WORLD_SIZE`` (nodes) and
@@ -77,7 +78,11 @@ def world(recipe: Recipe, keys: Mapping[str, str], env: Mapping[str, str] = os.e
     return nodes, per_node, f"{nodes} x {per_node} (nodes: {node_source}; per node: {source})"
 
 
-def rehearse(recipe: Recipe, p: Paths, overrides: list[str]) -> Report:
+TRAINING = ("pretrain", "sft")
+
+
+def rehearse(recipe: Recipe, p: Paths, overrides: list[str], stages: tuple[str, ...] = TRAINING) -> Report:
+    """The report for the training ``stages`` (a seed launcher runs one of them; ``make ... rehearse`` both)."""
     from pai_patch.models import get_family
     from pai_patch.models.params import count_params
 
@@ -92,9 +97,10 @@ def rehearse(recipe: Recipe, p: Paths, overrides: list[str]) -> Report:
     counts = count_params(family, size)
     report.lines.append(f"model: {family.name} {size.name}, {counts['params_total'] / 1e9:.2f}B parameters "
                         f"(built on the meta device)")
-    report.check("convert.hf", lambda: _hf_checkpoint(recipe, family))
-    for stage in ("pretrain", "sft"):
-        cfg = train_config(recipe, stage, p)
+    configs = {stage: train_config(recipe, stage, p) for stage in stages}
+    loads = [cfg.checkpoint.load for cfg in configs.values() if cfg.checkpoint.load]
+    report.check("convert.hf", lambda: _hf_checkpoint(recipe, family, loads))
+    for stage, cfg in configs.items():
         report.check(f"{stage} tokenizer", lambda: _tokenizer(recipe, cfg, size))
         report.check(f"{stage} data", lambda: _data(recipe, cfg, p))
         layout_ok = report.check(f"{stage} layout", lambda: _layout(cfg, family, size, nodes * per_node))
@@ -105,10 +111,12 @@ def rehearse(recipe: Recipe, p: Paths, overrides: list[str]) -> Report:
     return report
 
 
-def _hf_checkpoint(recipe: Recipe, family) -> str | None:  # noqa: ANN001
+def _hf_checkpoint(recipe: Recipe, family, loads: list[str]) -> str | None:  # noqa: ANN001
     from pai_patch.convert.engine import HfSource, Model
 
     if not recipe.convert.hf:
+        if loads:  # a seed launcher's PRETRAIN_CHECKPOINT_PATH: a Megatron checkpoint, checked per stage
+            return f"none: the job loads {', '.join(dict.fromkeys(loads))}"
         if recipe.model.size != "tiny":
             raise ValueError(f"size {recipe.model.size} starts from its published HF checkpoint; pass hf=DIR")
         return "none (tiny starts from a seeded random HF model)"
@@ -141,14 +149,24 @@ def _made(path: str, sft: bool) -> bool:
 
 
 def _data(recipe: Recipe, cfg, p: Paths) -> str:  # noqa: ANN001
-    t = cfg.train
-    made = cfg.data.type == "raw" or _made(cfg.data.train_path, cfg.data.sft)
-    source = resolve_path(recipe.data.sft_train if cfg.data.sft else recipe.data.pretrain_input)
-    if not made:
+    from pai_patch.training.vocab_check import _token_prefix
+
+    t, path = cfg.train, cfg.data.train_path
+    if cfg.data.type == "raw":
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"data.train_path: {path} not found (raw JSON SFT data)")
+        state = "raw JSON, tokenized as it is read"
+    elif _made(path, cfg.data.sft):
+        state = "exists"
+    elif path.startswith(str(p.data)):  # this run's own data, which its data stage makes first
+        source = resolve_path(recipe.data.sft_train if cfg.data.sft else recipe.data.pretrain_input)
         if not Path(source).is_file():
-            raise FileNotFoundError(f"{cfg.data.train_path} is not made and its source {source} does not exist")
-    state = "exists" if made else f"made by the data stage from {source}"
-    return (f"{cfg.data.train_path} ({state}); {t.iterations} iterations x global batch {t.global_batch_size} x seq "
+            raise FileNotFoundError(f"{source} not found; the data stage makes {path} from it")
+        state = f"made by the data stage from {source}"
+    else:
+        raise FileNotFoundError(f"data.train_path: {_token_prefix(path, cfg.data.sft)}.bin not found (expected a "
+                                "Megatron .bin/.idx prefix)")
+    return (f"{path} ({state}); {t.iterations} iterations x global batch {t.global_batch_size} x seq "
             f"{cfg.seq_length} = {t.iterations * t.global_batch_size * cfg.seq_length:,} tokens")
 
 
@@ -169,7 +187,8 @@ def _megatron_checkpoint(cfg, family) -> str:  # noqa: ANN001
     load = Path(cfg.checkpoint.load)
     if not (load / "latest_checkpointed_iteration.txt").is_file():
         return f"{load} (written by an earlier stage of this run)"
-    source = McoreSource(Model.resolve(family, cfg.model.size, load), load)
+    # names, shapes and layout from the checkpoint's metadata; its checksums would mean reading every weight
+    source = McoreSource(Model.resolve(family, cfg.model.size, load), load, verify=False)
     if source.dist is not None:
         return f"{load}: torch_dist, loads at any layout; names and shapes match"
     lay, rt = source.layout, cfg.runtime()
@@ -224,8 +243,9 @@ def _valid(cfg, size, world_size: int, changes: dict, *, batch: bool) -> bool:  
     return True
 
 
-def run(recipe: Recipe, p: Paths, overrides: list[str]) -> None:
-    report = rehearse(recipe, p, overrides)
+def run(recipe: Recipe, p: Paths, overrides: list[str], stage: str = "rehearse") -> None:
+    """Print the report; exit 1 when it found a problem. ``stage``: the one ``DRY_RUN=rehearse`` stood in for."""
+    report = rehearse(recipe, p, overrides, (stage,) if stage in TRAINING else TRAINING)
     print(f"== rehearse {recipe.recipe} {recipe.model.size}")
     for line in report.lines:
         print(f"  ok  {line}")

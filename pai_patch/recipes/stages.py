@@ -399,10 +399,10 @@ RUNNERS: dict[str, Callable[[Recipe, Paths], None]] = {
 def run_stage(stage: str, overrides: list[str]) -> None:
     recipe = load_recipe(_recipe_name(overrides), overrides)
     p = paths(recipe, planned=stage == "pipeline" and dry_run())
-    if stage in CHECKS:
+    if stage in CHECKS or os.environ.get("DRY_RUN") == "rehearse":  # `DRY_RUN=rehearse` on a stage or seed launcher
         from pai_patch.recipes import rehearse
 
-        return rehearse.run(recipe, p, overrides)
+        return rehearse.run(recipe, p, overrides, stage)
     if stage == "pipeline":  # a bad training setting stops the pipeline before data and convert, not after them
         for name in ("pretrain", "sft"):
             train_config(recipe, name, p)
