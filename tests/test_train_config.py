@@ -48,3 +48,22 @@ def test_exactly_one_budget() -> None:
 def test_sft_pad_length_sets_sequence() -> None:
     cfg = from_dict(TrainConfig, {"data": {"sft": True, "pad_length": 96}, "train": {"train_iters": 1}})
     assert cfg.seq_length == 96
+
+
+def test_optimizer_offload_without_cuda_is_ignored_in_one_line(caplog: pytest.LogCaptureFixture,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seeds' OPTIMIZER_OFFLOAD=static/auto was dropped on CPU without a word."""
+    import logging
+
+    import torch
+
+    from pai_patch.training.loop import _optimizer_offload
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="pai_patch.train"):
+        assert _optimizer_offload("false") is False and not caplog.records
+        assert _optimizer_offload("static") is False
+    assert [r.getMessage() for r in caplog.records] == [
+        "no CUDA: optim.offload=static (OPTIMIZER_OFFLOAD) ignored; the optimizer states are in host memory already"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert _optimizer_offload("auto") is True
