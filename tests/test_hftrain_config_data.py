@@ -67,3 +67,19 @@ def test_prompt_is_masked_and_padding_ignored() -> None:
     assert batch["input_ids"].shape == (2, len(ids))
     assert batch["attention_mask"][1].tolist() == [1, 1] + [0] * (len(ids) - 2)
     assert torch.all(batch["labels"][1, 2:] == data.IGNORE)
+
+
+def test_first_run_names_the_op_deepspeed_compiles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU the first run JIT-compiles DeepSpeed's Adam inside deepspeed.initialize, minutes without a word."""
+    from pai_patch.hf_train.trainer import ops_to_compile
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    gpu = ds_config.render(ds_config.DEFAULT_TEMPLATE, ds_config.template_values(**{**VALUES, "torch_adam": False}))
+    cpu = ds_config.render(ds_config.DEFAULT_TEMPLATE, ds_config.template_values(**VALUES))
+    assert ops_to_compile(cpu) == []  # torch's Adam: nothing to build
+    assert ops_to_compile(gpu) == ["fused_adam"]
+    offload = {**gpu, "zero_optimization": {**gpu["zero_optimization"], "offload_optimizer": {"device": "cpu"}}}
+    assert ops_to_compile(offload) == ["cpu_adam"]
+    (tmp_path / "fused_adam").mkdir(exist_ok=True)
+    (tmp_path / "fused_adam" / "fused_adam.so").write_bytes(b"")  # what the first build leaves in the cache
+    assert ops_to_compile(gpu) == []

@@ -64,3 +64,22 @@ def test_fp8_resolves_to_bf16_params_with_the_seeds_delayed_scaling() -> None:
     assert (config.params_dtype, config.pipeline_dtype, config.bf16) == (torch.bfloat16, torch.bfloat16, True)
     assert (config.fp8, config.fp8_recipe) == ("hybrid", "delayed")
     assert (config.fp8_amax_history_len, config.fp8_amax_compute_algo) == (1024, "max")
+
+
+def test_optimizer_offload_without_cuda_is_ignored_in_one_line(caplog: pytest.LogCaptureFixture,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seeds' OPTIMIZER_OFFLOAD=static/auto was dropped on CPU without a word."""
+    import logging
+
+    import torch
+
+    from pai_patch.training.loop import _optimizer_offload
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="pai_patch.train"):
+        assert _optimizer_offload("false") is False and not caplog.records
+        assert _optimizer_offload("static") is False
+    assert [r.getMessage() for r in caplog.records] == [
+        "no CUDA: optim.offload=static (OPTIMIZER_OFFLOAD) ignored; the optimizer states are in host memory already"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert _optimizer_offload("auto") is True

@@ -63,6 +63,29 @@ def init_distributed() -> None:
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
 
 
+def ops_to_compile(config: dict[str, Any]) -> list[str]:
+    """The DeepSpeed ops this config makes it JIT-compile: its Adam kernel, unless prebuilt or built before.
+
+    DeepSpeed builds the op inside ``deepspeed.initialize`` without a word, so a first run looks hung
+    for minutes; the caller says so first.
+    """
+    from deepspeed.git_version_info import installed_ops
+
+    optimizer = config.get("optimizer") or {}
+    if str(optimizer.get("type", "")).lower() not in ("adam", "adamw") or (optimizer.get("params") or {}).get("torch_adam"):
+        return []
+    offload = ((config.get("zero_optimization") or {}).get("offload_optimizer") or {}).get("device", "none")
+    name = "cpu_adam" if offload in ("cpu", "nvme") else "fused_adam"
+    return [] if installed_ops.get(name) or _jit_built(name) else [name]
+
+
+def _jit_built(name: str) -> bool:
+    """Whether torch's extension cache (where DeepSpeed JIT-builds) already holds the op."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    return any(Path(_get_build_directory(name, verbose=False)).glob(f"{name}*.so"))
+
+
 def encoded(path: Path, tokenizer: Any, seq_len: int) -> list[tuple[list[int], list[int]]]:
     """Tokenized examples; ones whose answer is cut off entirely by ``seq_len`` carry no loss and are dropped."""
     rows = [data.encode(ex, tokenizer, seq_len) for ex in data.load_examples(path)]
@@ -114,8 +137,10 @@ def train(cfg: HFTrainConfig) -> dict[str, Any]:
     if cfg.gradient_checkpointing:
         model.activation_checkpointing_enable()  # transformers 5 name of gradient_checkpointing_enable
         model.config.use_cache = False
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
     rank0 = dist.get_rank() == 0
+    for op in ops_to_compile(config) if rank0 else ():
+        log.warning("compiling DeepSpeed's %s op (first run only; this takes a few minutes)", op)
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
     if rank0:
         cfg.output.mkdir(parents=True, exist_ok=True)
         (cfg.output / "ds_config.json").write_text(json.dumps(config, indent=1))

@@ -93,7 +93,7 @@ def _optimizer(cfg: TrainConfig, chunks: list[torch.nn.Module], rt) -> tuple[Any
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
     o, t = cfg.optim, cfg.train
-    offload = o.offload != "false" and torch.cuda.is_available()
+    offload = _optimizer_offload(o.offload)
     opt_config = OptimizerConfig(
         optimizer="adam", lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay, adam_beta1=o.beta1,
         adam_beta2=o.beta2, adam_eps=o.eps, clip_grad=o.clip_grad, bf16=rt.precision in ("bf16", "fp8"),
@@ -110,6 +110,20 @@ def _optimizer(cfg: TrainConfig, chunks: list[torch.nn.Module], rt) -> tuple[Any
         end_wd=o.weight_decay, wd_incr_steps=iters * gbs, wd_incr_style="constant",
     )
     return optimizer, scheduler
+
+
+def _optimizer_offload(mode: str) -> bool:
+    """Whether to offload the optimizer (the seeds' OPTIMIZER_OFFLOAD); without CUDA it is ignored, and said so.
+
+    megatron-core's offload moves optimizer states from the GPU to the host: on a CPU run they are
+    there already, so the run goes on unchanged rather than failing."""
+    if mode == "false":
+        return False
+    if not torch.cuda.is_available():
+        log.warning("no CUDA: optim.offload=%s (OPTIMIZER_OFFLOAD) ignored; the optimizer states are in host "
+                    "memory already", mode)
+        return False
+    return True
 
 
 def _offload_fraction(mode: str) -> float:
