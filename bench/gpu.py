@@ -7,7 +7,7 @@ the seeds' GBS/MBS), through the project's own trainer
 fp32 main weights, the pipeline schedule, the loss reduction), with whatever this machine has
 (PyTorch alone, or Transformer Engine / FA3 through :mod:`pai_patch.backends`).  MFU is model
 FLOPs (computed from the megatron-core config, attention included) over the device's datasheet
-dense peak (:mod:`bench.peaks`: 989 TFLOP/s bf16 on H100/H200), as Megatron-LM, PaLM and torchtitan
+dense peak (:mod:`pai_patch.gpus`: 989 TFLOP/s bf16 on H100/H200), as Megatron-LM, PaLM and torchtitan
 report it; the bf16 matmul peak measured on this device is printed beside it as "achievable",
 with the share of it reached.  The optimizer step is part of the step time but not of the FLOPs;
 its synchronised time is measured on its own and reported as its share of the step.
@@ -396,7 +396,7 @@ def print_flop_model(args: argparse.Namespace, shapes: tuple[Shape, ...]) -> Non
 
 def environment(device: torch.device, peak: float | None) -> dict[str, Any]:
     """Date, device and software versions: the header of a results section."""
-    from bench.peaks import datasheet_peak
+    from pai_patch.gpus import datasheet_peak
     from pai_patch.backends import choose_backend
     from pai_patch.doctor import environment as doctor_environment
 
@@ -456,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_all(args: argparse.Namespace, shapes: tuple[Shape, ...]) -> int:
     """Peak, then every shape in its own budget; writes bench_gpu.json and prints the table."""
-    from bench.peaks import mfu
+    from pai_patch.gpus import mfu
     from bench.record import render_table
     from pai_patch.utils import write_text_atomic
 

@@ -30,7 +30,7 @@ def _number(value: float | None, fmt: str) -> str:
 def render_table(results: dict[str, Any]) -> str:
     """One markdown row per shape: what ran, how fast, and why a shape did not run.
 
-    MFU divides by the datasheet dense peak (:mod:`bench.peaks`); "of achievable" by the matmul
+    MFU divides by the datasheet dense peak (:mod:`pai_patch.gpus`); "of achievable" by the matmul
     peak measured on the device.
 
     The optimizer step is timed on its own (synchronised) and shown as its share of the step

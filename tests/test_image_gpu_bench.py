@@ -72,7 +72,7 @@ def test_flops_grow_with_sequence_only_through_attention():
     ("NVIDIA A100-SXM4-80GB", "fp8", None), ("NVIDIA L40S", "bf16", None), ("CPU", "fp32", None),
 ])
 def test_datasheet_dense_peak_by_device_and_precision(device, precision, peak):
-    from bench.peaks import datasheet_peak
+    from pai_patch.gpus import datasheet_peak
 
     assert datasheet_peak(device, precision) == peak
 
@@ -80,7 +80,7 @@ def test_datasheet_dense_peak_by_device_and_precision(device, precision, peak):
 def test_mfu_is_achieved_flops_over_the_datasheet_peak():
     """The H200 run's Qwen2.5-1.5B: 33,510 tokens/s at 10.32 GFLOP/token is 345.8 TFLOP/s, 35.0% of 989
     (43.8% of the 789 TFLOP/s its matmuls reached there); the 45% target is 445 TFLOP/s."""
-    from bench.peaks import mfu
+    from pai_patch.gpus import mfu
 
     fam = get_family("qwen2_5")
     size = fam.size("1.5B")
