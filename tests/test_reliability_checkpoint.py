@@ -45,7 +45,7 @@ def test_save_writes_verified_checkpoint_and_tracker(tmp_path, fake_save):
     final = _save(tmp_path, 2)
     assert final == tmp_path / "iter_0000002"
     ck.verify_marker(final)
-    assert ck.read_tracker(tmp_path) == 2
+    assert ck.latest_iteration(tmp_path) == 2
     assert not list(tmp_path.glob(".tmp-*"))
     marker = (final / ck.MARKER).read_text()
     assert '"crc32"' in marker and "__0_0.distcp" in marker
@@ -119,7 +119,7 @@ def test_failed_save_keeps_previous_and_cleans_up(tmp_path, fake_save, error, hi
     text = str(err.value)
     assert text.startswith(f"saving {tmp_path / 'iter_0000004'} failed{hint}")
     assert text.endswith(f"{tmp_path / 'iter_0000002'} is kept as latest")
-    assert ck.read_tracker(tmp_path) == 2
+    assert ck.latest_iteration(tmp_path) == 2
     assert not (tmp_path / "iter_0000004").exists()
     assert not list(tmp_path.glob(".tmp-*"))
     ck.verify_marker(tmp_path / "iter_0000002")
@@ -132,7 +132,7 @@ def test_base_exception_from_torch_is_reported(tmp_path, fake_save):
     fake_save["fail"] = CheckpointException("write", {0: (RuntimeError("Worker failure: boom"), None)})
     with pytest.raises(ck.CheckpointError, match="saving .*iter_0000002 failed"):
         _save(tmp_path, 2)
-    assert ck.read_tracker(tmp_path) is None
+    assert ck.latest_iteration(tmp_path) is None
 
 
 def test_kill_between_rename_and_tracker_update(tmp_path, fake_save, monkeypatch):
@@ -147,11 +147,11 @@ def test_kill_between_rename_and_tracker_update(tmp_path, fake_save, monkeypatch
     with pytest.raises(ck.CheckpointError):
         _save(tmp_path, 4)
     monkeypatch.setattr(ck, "write_text_atomic", write_text_atomic)
-    assert ck.read_tracker(tmp_path) == 2
+    assert ck.latest_iteration(tmp_path) == 2
     assert (tmp_path / "iter_0000004" / ck.MARKER).is_file()  # complete, but not latest
     fake_save["payload"] = b"new"
     _save(tmp_path, 4, keep_last=1)
-    assert ck.read_tracker(tmp_path) == 4
+    assert ck.latest_iteration(tmp_path) == 4
     assert (tmp_path / "iter_0000004" / "__0_0.distcp").read_bytes() == b"new4"
     assert not (tmp_path / "iter_0000002").exists()
     assert not list(tmp_path.glob(".trash-*"))
@@ -268,7 +268,7 @@ def test_checkpoint_error_is_a_one_line_cli_error(tmp_path):
 
     (tmp_path / ck.TRACKER).write_text("seven\n")
     with pytest.raises(CliError, match="expected an iteration number or 'release', found 'seven'"):
-        ck.read_tracker(tmp_path)
+        ck.latest_iteration(tmp_path)
     assert os.path.basename(ck.TRACKER) == "latest_checkpointed_iteration.txt"
 
 

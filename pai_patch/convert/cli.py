@@ -7,6 +7,8 @@ import contextlib
 from pathlib import Path
 from typing import Iterator
 
+from pai_patch.checkpoint_dir import TRACKER
+
 FORMATS = ("torch_dist", "legacy")
 DTYPE_CHOICES = ("fp32", "bf16", "fp16")
 
@@ -43,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     to_hf = sub.add_parser("mcore2hf", help="Megatron-Core checkpoint (converted or trained) -> HF safetensors")
     to_hf.add_argument("--model", help=model_help)
     to_hf.add_argument("--size", help=size_help)
-    to_hf.add_argument("--mcore", required=True, type=Path, help="checkpoint directory (with latest_checkpointed_iteration.txt)")
+    to_hf.add_argument("--mcore", required=True, type=Path, help=f"checkpoint directory (with {TRACKER})")
     to_hf.add_argument("--hf", required=True, type=Path, help="HF directory to write (output)")
     to_hf.add_argument("--source-hf", type=Path,
                        help="HF checkpoint the config and tokenizer are copied from (default: the copies in --mcore, "

@@ -21,6 +21,7 @@ import torch
 from torch.distributed.checkpoint.api import CheckpointException
 from tqdm import tqdm
 
+from pai_patch.checkpoint_dir import RELEASE, TRACKER, iteration_dir, latest_dir
 from pai_patch.convert import dist, legacy
 from pai_patch.convert.layout import (Group, Item, StageMap, check_layout, full_shape, groups, hf_shapes,
                                       local_expert, shard, to_hf, to_mcore, unshard)
@@ -153,7 +154,7 @@ def hf_to_mcore(family: "ModelFamily", size_name: str | None, hf_dir: Path, out_
     require_space(out_dir, sum(math.prod(model.full_shape(item)) * source.out_dtype(item).itemsize
                                for group in model.groups for item in group.items))
     with atomic_path(out_dir, is_dir=True) as tmp:
-        iter_dir = legacy.iteration_dir(tmp, None)
+        iter_dir = iteration_dir(tmp, None)
         meta = {"family": family.name, "size": model.size.as_dict(), "tp": tp, "pp": pp, "ep": ep, "vp": vp,
                 "pp0_layers": pp0_layers if pp > 1 else None, "use_te": use_te}
         try:
@@ -166,7 +167,7 @@ def hf_to_mcore(family: "ModelFamily", size_name: str | None, hf_dir: Path, out_
             raise short_write_error(err, out_dir) or err from err
         copy_tokenizer_files(hf_dir, tmp)
         write_marker(iter_dir, describe_files(iter_dir))  # readers then refuse it if damaged, as a trainer's save
-        (tmp / legacy.TRACKER).write_text("release")
+        (tmp / TRACKER).write_text(RELEASE)
     return model
 
 
@@ -235,7 +236,7 @@ class McoreSource:
 
     def __init__(self, model: Model, ckpt_dir: Path, *, verify: bool = True) -> None:
         self.model = model
-        self.iter_dir, iteration = legacy.read_tracker(ckpt_dir)
+        self.iter_dir, iteration = latest_dir(ckpt_dir)
         check_before_reading(ckpt_dir, self.iter_dir, iteration, verify=verify)
         self.dist = dist.DistReader(self.iter_dir, **model.dist_layout) if dist.is_dist(self.iter_dir) else None
         if self.dist is None:

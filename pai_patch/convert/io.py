@@ -16,6 +16,7 @@ from typing import Iterator
 
 import torch
 
+from pai_patch.checkpoint_dir import latest_dir
 from pai_patch.convert import dist, legacy
 from pai_patch.convert.marker import check_before_reading
 
@@ -26,7 +27,7 @@ def load_model_checkpoint(model_chunks: list[torch.nn.Module], ckpt_dir: str, *,
 
     A checkpoint whose completeness marker or checksums fail is refused unless ``verify=False``
     (``override`` is the user's switch for that, which the refusal names)."""
-    iter_dir, iteration = legacy.read_tracker(ckpt_dir)
+    iter_dir, iteration = latest_dir(ckpt_dir)
     check_before_reading(Path(ckpt_dir), iter_dir, iteration, verify=verify, override=override)
     if dist.is_dist(iter_dir):
         _load_dist(model_chunks, iter_dir, strict)

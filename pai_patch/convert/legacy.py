@@ -1,6 +1,6 @@
 """Megatron's legacy checkpoint layout: one ``torch.save`` file per model-parallel rank.
 
-``<dir>/latest_checkpointed_iteration.txt`` names the iteration (or ``release``), and
+The tracker file names the iteration (:mod:`pai_patch.checkpoint_dir`), and
 ``<dir>/iter_XXXXXXX/mp_rank_TT[_PPP][_EEE]/model_optim_rng.pt`` holds ``{"model": state_dict}``
 (``model0``, ``model1``, ... for virtual-pipeline chunks) with layers numbered locally
 to their pipeline stage (to their chunk with VP) and experts locally to their EP rank.
@@ -16,28 +16,9 @@ from typing import Any
 
 import torch
 
-TRACKER = "latest_checkpointed_iteration.txt"
 FILE = "model_optim_rng.pt"
 CHECKPOINT_VERSION = 3.0
 _RANK_DIR = re.compile(r"^mp_rank_(\d{2})(?:_(\d{3}))?(?:_(\d{3}))?$")
-
-
-def iteration_dir(ckpt_dir: Path, iteration: int | None) -> Path:
-    return ckpt_dir / ("release" if iteration is None else f"iter_{iteration:07d}")
-
-
-def read_tracker(ckpt_dir: str | Path) -> tuple[Path, int]:
-    """The iteration directory named by the tracker file, and its iteration (0 for ``release``)."""
-    ckpt_dir = Path(ckpt_dir)
-    tracker = ckpt_dir / TRACKER
-    if not tracker.exists():
-        raise FileNotFoundError(f"{tracker}: missing; not a Megatron checkpoint directory")
-    text = tracker.read_text().strip()
-    if text == "release":
-        return ckpt_dir / "release", 0
-    if not text.isdigit():
-        raise ValueError(f"{tracker}: expected an iteration number or 'release', found {text!r}")
-    return iteration_dir(ckpt_dir, int(text)), int(text)
 
 
 def rank_dir(tp_rank: int, pp_rank: int, ep_rank: int, pp: int, ep: int) -> str:

@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
+from pai_patch.checkpoint_dir import TRACKER, has_checkpoint
 from pai_patch.generation.decoders import HFDecoder, McoreDecoder
 from pai_patch.models.base import Runtime
 
-TRACKER = "latest_checkpointed_iteration.txt"
 
 
 def load_tokenizer(name_or_dir: str | None, *, hf: str | None = None, mcore: str | None = None) -> Any:
@@ -44,7 +44,7 @@ def check_mcore_dir(ckpt_dir: str | Path) -> Path:
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         raise FileNotFoundError(f"{ckpt_dir}: checkpoint directory not found")
-    if not (ckpt_dir / TRACKER).is_file():
+    if not has_checkpoint(ckpt_dir):
         raise FileNotFoundError(f"{ckpt_dir}: no Megatron-Core checkpoint here (expected {TRACKER} next to "
                                 "iter_*/ or release/; convert an HF model with `pai_patch convert` or train one)")
     return ckpt_dir

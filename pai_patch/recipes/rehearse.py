@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Callable, Mapping
 
+from pai_patch.checkpoint_dir import has_checkpoint
 from pai_patch.cli import CliError
 from pai_patch.gpus import DEFAULT_GPU, Gpu, gpu
 from pai_patch.recipes.launch import nodes_and_procs
@@ -185,7 +186,7 @@ def _megatron_checkpoint(cfg, family) -> str:  # noqa: ANN001
     from pai_patch.convert.engine import McoreSource, Model
 
     load = Path(cfg.checkpoint.load)
-    if not (load / "latest_checkpointed_iteration.txt").is_file():
+    if not has_checkpoint(load):
         return f"{load} (written by an earlier stage of this run)"
     # names, shapes and layout from the checkpoint's metadata; its checksums would mean reading every weight
     source = McoreSource(Model.resolve(family, cfg.model.size, load), load, verify=False)

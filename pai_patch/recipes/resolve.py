@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pai_patch.checkpoint_dir import has_checkpoint
 from pai_patch.configio import ConfigError, apply_overrides, from_dict, load_yaml, parse_override
 from pai_patch.recipes.schema import Recipe
 from pai_patch.training.config import TrainConfig
@@ -107,7 +108,7 @@ class Paths:
     planned: bool = False
 
     def has_checkpoint(self, directory: Path) -> bool:
-        return self.planned or (directory / "latest_checkpointed_iteration.txt").exists()
+        return self.planned or has_checkpoint(directory)
 
     @property
     def data(self) -> Path:

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from pai_patch.checkpoint_dir import TRACKER
 from pai_patch.configio import ConfigError, to_dict
 from pai_patch.recipes.launch import dry_run, run_command, train_command
 from pai_patch.recipes.resolve import ROOT, Paths, load_recipe, paths, resolve_path, train_config
@@ -203,7 +204,7 @@ def _training_stage(stage: str) -> Callable[[Recipe, Paths], None]:
         _starting_point(recipe, stage, p, cfg, save_root)
         inputs = [p.data if cfg.data.train_path.startswith(str(p.data)) else Path(cfg.data.train_path)]
         if cfg.checkpoint.load:  # a retrained parent makes this stage stale
-            inputs.append(Path(cfg.checkpoint.load) / "latest_checkpointed_iteration.txt")
+            inputs.append(Path(cfg.checkpoint.load) / TRACKER)
         fp = _fingerprint(p, inputs, to_dict(cfg))
         final = save_root / f"iter_{cfg.train.iterations:07d}"
         if up_to_date(out, fp) and final.exists():
@@ -241,14 +242,14 @@ def _starting_point(recipe: Recipe, stage: str, p: Paths, cfg, save_root: Path) 
     current) and loads the result; training from scratch is the ``from_scratch=true`` switch, or the
     tiny CPU size with no ``hf=`` (the shipped recipes' default), and says so in one line.
     """
-    from pai_patch.training.checkpointing import TRACKER, read_tracker
+    from pai_patch.checkpoint_dir import has_checkpoint, latest_iteration
 
     load = Path(cfg.checkpoint.load or ".")
-    if getattr(recipe, stage).checkpoint.get("load") and not (load / TRACKER).is_file():
+    if getattr(recipe, stage).checkpoint.get("load") and not has_checkpoint(load):
         # the user's (a seed's PRETRAIN_CHECKPOINT_PATH): refused here, before a job is queued
         problem = f"not a Megatron checkpoint (no {TRACKER})" if load.is_dir() else "no such checkpoint directory"
         raise ConfigError(f"{stage}.checkpoint.load: {load}: {problem}")
-    if cfg.checkpoint.load or read_tracker(save_root) is not None:
+    if cfg.checkpoint.load or latest_iteration(save_root) is not None:
         return  # an explicit or earlier stage's checkpoint, or this stage's own to resume
     if recipe.convert.hf and not recipe.from_scratch:
         print(f"[{stage}] nothing to load yet: converting {recipe.convert.hf} first", flush=True)
@@ -276,9 +277,9 @@ def _refuse_finished_run(stage: str, out: Path, save_root: Path, iterations: int
     The trainer resumes from its own save directory (so a stopped run continues, and a larger
     train_iters trains on); after other edits that would silently keep the old model.
     """
-    from pai_patch.training.checkpointing import read_tracker
+    from pai_patch.checkpoint_dir import latest_iteration
 
-    done = read_tracker(save_root)
+    done = latest_iteration(save_root)
     if _stamp_path(out).is_file() and done is not None and done >= iterations:
         raise ConfigError(f"{save_root}: already at iteration {done} of {iterations}, trained with other settings or "
                           f"inputs, so the {stage} stage would resume there and train nothing; remove it (or pass "
@@ -310,7 +311,7 @@ def stage_export(recipe: Recipe, p: Paths) -> None:
     ckpt = _latest_training_checkpoint(p)
     # without hf= at a real size, the config and tokenizer come from the copies the checkpoint carries
     hf = ensure_hf_base(recipe, p) if recipe.convert.hf or recipe.model.size == "tiny" else None
-    fp = _fingerprint(p, [ckpt / "latest_checkpointed_iteration.txt", hf], to_dict(recipe.export))
+    fp = _fingerprint(p, [ckpt / TRACKER, hf], to_dict(recipe.export))
     if up_to_date(p.hf_export, fp):
         return _skip("export", p.hf_export)
     if p.hf_export.exists() and not dry_run():
@@ -348,7 +349,7 @@ def stage_generate(recipe: Recipe, p: Paths) -> None:
     ckpt = _latest_training_checkpoint(p)
     g = recipe.generate
     out = p.generate / "output.jsonl"
-    fp = _fingerprint(p, [ckpt / "latest_checkpointed_iteration.txt", resolve_path(g.prompts)], to_dict(g))
+    fp = _fingerprint(p, [ckpt / TRACKER, resolve_path(g.prompts)], to_dict(g))
     if up_to_date(p.generate, fp):
         return _skip("generate", p.generate)
     if not dry_run():

@@ -1,6 +1,6 @@
 """Training checkpoints: torch_dist (megatron-core dist_checkpointing), atomic, resumable.
 
-Layout is Megatron-LM's (``iter_0000100/`` + ``latest_checkpointed_iteration.txt``) so
+Layout is Megatron-LM's (``iter_0000100/`` + its tracker file, :mod:`pai_patch.checkpoint_dir`) so
 other Megatron tools can read it, with four guarantees the original lacks:
 
 * the optimizer, LR scheduler, RNG states and data position are saved, so a resumed run
@@ -33,38 +33,20 @@ import torch.distributed as dist
 
 from pai_patch.convert.marker import (MARKER, CheckpointError, describe_files, gather, merge_shares, verify_marker,
                                      warn_unverified, world, write_marker)
+from pai_patch.checkpoint_dir import TRACKER, iteration_dir, latest_iteration
 from pai_patch.utils import fsync_dir, fsync_tree, write_text_atomic
 
 log = logging.getLogger(__name__)
 
-TRACKER = "latest_checkpointed_iteration.txt"
 LOCK = ".run.lock"
 #: the training setting that reads checkpoints without checking them
 VERIFY_OFF = "checkpoint.verify=false"
 CHECKPOINT_VERSION = 3.0
 
 
-def iteration_dir(root: str | Path, iteration: int) -> Path:
-    return Path(root) / f"iter_{iteration:07d}"
-
-
-def read_tracker(root: str | Path) -> int | None:
-    """The latest complete iteration under ``root`` (None when there is none)."""
-    tracker = Path(root) / TRACKER
-    if not tracker.is_file():
-        return None
-    text = tracker.read_text().strip()
-    if text == "release":
-        return 0
-    try:
-        return int(text)
-    except ValueError:
-        raise CheckpointError(f"{tracker}: expected an iteration number or 'release', found {text!r}") from None
-
-
 def is_training_checkpoint(root: str | Path) -> bool:
     """True for a save dir of this trainer (optimizer state included), not a converted one."""
-    iteration = read_tracker(root)
+    iteration = latest_iteration(root)
     return iteration is not None and (iteration_dir(root, iteration) / MARKER).is_file()
 
 
@@ -232,7 +214,7 @@ def _write_state(state: dict[str, Any], directory: Path, root: Path) -> None:
 def _save_error(final: Path, root: Path, failures: dict[int, _Failure]) -> CheckpointError:
     """One message for every rank: the rank(s) whose write failed, why (the most specific
     reason and disk hint any rank reported), and which checkpoint stays latest."""
-    kept = read_tracker(root)
+    kept = latest_iteration(root)
     kept_text = f"{iteration_dir(root, kept)} is kept as latest" if kept is not None else "no checkpoint kept"
     culprits = sorted({r for f in failures.values() for r in f.blamed}) or sorted(failures)
     explained = [f for f in failures.values() if f.blamed]  # torch's coordinator names the cause
@@ -421,7 +403,7 @@ def save_checkpoint(root: str | Path, iteration: int, model_chunks, optimizer, s
     root = Path(root)
     final = iteration_dir(root, iteration)
     rank = world()[0]
-    previous = read_tracker(root)
+    previous = latest_iteration(root)
     # a rerun that resumed at its last iteration must not rewrite the checkpoint it loaded
     if _agree(rank == 0 and previous == iteration and (final / MARKER).is_file()):
         log.info("checkpoint %s already saved; not rewriting it", final)
@@ -466,7 +448,7 @@ def save_checkpoint(root: str | Path, iteration: int, model_chunks, optimizer, s
 
 def _apply_retention(root: Path, keep_last: int) -> None:
     """Keep the newest ``keep_last`` complete checkpoints up to the tracker's; never the tracker's own."""
-    latest = read_tracker(root)
+    latest = latest_iteration(root)
     if latest is None:
         return
     done = [i for i in complete_iterations(root) if i <= latest]
@@ -536,7 +518,7 @@ def load_checkpoint(root: str | Path, model_chunks, optimizer, scheduler, *, wor
     ``verify=False`` (``checkpoint.verify=false``) skips the marker and CRC check, with a warning."""
     from megatron.core import dist_checkpointing
 
-    iteration = read_tracker(root)
+    iteration = latest_iteration(root)
     if iteration is None:
         raise CheckpointError(f"{root}: no {TRACKER}; nothing to resume from")
     directory = iteration_dir(root, iteration)

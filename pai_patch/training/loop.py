@@ -248,11 +248,11 @@ class Trainer:
         return {"tp": rt.tp, "pp": rt.pp, "ep": rt.ep, "etp": rt.etp, "vp": rt.vp, "pp0_layers": rt.pp0_layers}
 
     def _restore(self) -> tuple[int, int]:
-        from pai_patch.training.checkpointing import (VERIFY_OFF, is_training_checkpoint, load_checkpoint, read_tracker,
-                                                      unwrap)
+        from pai_patch.checkpoint_dir import latest_iteration
+        from pai_patch.training.checkpointing import VERIFY_OFF, is_training_checkpoint, load_checkpoint, unwrap
 
         ck = self.cfg.checkpoint
-        if read_tracker(self.save_root) is not None:
+        if latest_iteration(self.save_root) is not None:
             state = load_checkpoint(self.save_root, self.model, self.optimizer, self.scheduler, world_size=self.world,
                                     model_layout=self.model_layout, verify=ck.verify)
             return state["iteration"], state["consumed_samples"]
