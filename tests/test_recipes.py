@@ -100,3 +100,10 @@ def test_a_learning_rate_megatron_would_assert_on_stops_the_pipeline_before_any_
     with pytest.raises(ConfigError, match=r"optim\.lr \(1e-06\) is below optim\.min_lr \(0\.0002\)"):
         run_stage("pipeline", [f"recipe={name}", f"output={tmp_path}", "sft.optim.lr=1e-6"])
     assert capsys.readouterr().out == ""  # not even the data stage started
+
+
+def test_lr_shorthand_sets_the_training_stage_being_run() -> None:
+    recipe = load_recipe("qwen2_5", ["lr=1e-5", "min_lr=1e-6"], "sft")
+    assert recipe.sft.optim == {"lr": 1e-5, "min_lr": 1e-6} and recipe.pretrain.optim["lr"] == 3e-3
+    with pytest.raises(ConfigError, match=r"lr= sets the training stage being run .* sft\.optim\.lr=1e-05"):
+        load_recipe("qwen2_5", ["lr=1e-5"])

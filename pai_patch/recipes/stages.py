@@ -304,7 +304,7 @@ RUNNERS: dict[str, Callable[[Recipe, Paths], None]] = {
 
 
 def run_stage(stage: str, overrides: list[str]) -> None:
-    recipe = load_recipe(_recipe_name(overrides), overrides)
+    recipe = load_recipe(_recipe_name(overrides), overrides, stage)
     p = paths(recipe, planned=stage == "pipeline" and dry_run())
     if stage == "pipeline":  # a bad training setting stops the pipeline before data and convert, not after them
         for name in ("pretrain", "sft"):
