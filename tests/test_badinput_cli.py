@@ -62,12 +62,15 @@ CASES: list[tuple[str, list[str], str]] = [
     ("recipe: impossible parallel layout", ["stage", "pretrain", "recipe=qwen2_5", "tp=3"],
      "error: invalid parallel layout: TP=3 must divide the attention heads (4)"),
     ("recipe: learning rate below the recipe's min_lr (a fine-tuning override)",
-     ["stage", "sft", "recipe=qwen2_5", "sft.optim.lr=1e-6"],
+     ["stage", "sft", "recipe=qwen2_5", "lr=1e-6"],
      "error: optim.lr (1e-06) is below optim.min_lr (0.0002); the schedule decays lr down to min_lr, so set "
      "optim.min_lr at most lr"),
     ("recipe: a bad sft setting stops the pipeline before its first stage",
      ["stage", "pipeline", "recipe=qwen2_5", "sft.optim.beta2=1"],
      "error: optim.beta2: expected 0 <= beta2 < 1, got 1"),
+    ("recipe: the lr= shorthand where no single training stage is run", ["stage", "pipeline", "recipe=qwen2_5", "lr=1e-6"],
+     "error: lr= sets the training stage being run (`make ... pretrain lr=1e-6` or `sft lr=1e-6`); for pipeline "
+     "name the stage: sft.optim.lr=1e-06"),
     ("recipe: override without a value", ["stage", "pretrain", "recipe=qwen2_5", "pretrain.train"],
      "error: override 'pretrain.train' must look like key=value"),
     ("recipe: unknown recipe", ["stage", "pretrain", "recipe=nosuch"],

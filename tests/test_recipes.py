@@ -165,3 +165,10 @@ def test_recipe_get_prints_one_value(capsys: pytest.CaptureFixture[str]) -> None
         get("convert")
     with pytest.raises(ConfigError, match="'convert.nosuch': no such key"):
         get("convert.nosuch")
+
+
+def test_lr_shorthand_sets_the_training_stage_being_run() -> None:
+    recipe = load_recipe("qwen2_5", ["lr=1e-5", "min_lr=1e-6"], "sft")
+    assert recipe.sft.optim == {"lr": 1e-5, "min_lr": 1e-6} and recipe.pretrain.optim["lr"] == 3e-3
+    with pytest.raises(ConfigError, match=r"lr= sets the training stage being run .* sft\.optim\.lr=1e-05"):
+        load_recipe("qwen2_5", ["lr=1e-5"])

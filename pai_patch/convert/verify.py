@@ -32,6 +32,9 @@ def family_of(hf_dir: Path) -> ModelFamily:
     if not path.exists():
         raise FileNotFoundError(f"{path}: missing; not an HF checkpoint directory (or pass --model)")
     names = read_hf_config(path).get("architectures") or []
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ValueError(f"{path}: architectures = {names!r}, expected a list of class names such as "
+                         f"{[next(iter(families().values())).hf_architecture]!r}")
     for family in families().values():
         if family.hf_architecture in names:
             return family

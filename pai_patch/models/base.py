@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
@@ -30,6 +31,9 @@ SHAPE_KEYS = {"hidden_size": "hidden_size", "num_layers": "num_hidden_layers",
               "num_attention_heads": "num_attention_heads", "num_query_groups": "num_key_value_heads",
               "ffn_hidden_size": "intermediate_size", "vocab_size": "vocab_size",
               "max_position_embeddings": "max_position_embeddings"}
+#: config.json keys read without a check of their own, and the JSON type each must have when set
+TYPED_KEYS = {"rope_parameters": (dict, "a JSON object"), "rope_scaling": (dict, "a JSON object"),
+              "tie_word_embeddings": (bool, "true or false"), "attention_bias": (bool, "true or false")}
 PRECISIONS = ("fp32", "fp16", "bf16", "fp8")
 #: the seeds' PR=fp8 (their launchers pass --bf16 --fp8-format hybrid --fp8-amax-compute-algo max
 #: --fp8-amax-history-len 1024): bf16 weights and activations, fp8 GEMMs with delayed scaling.  Not
@@ -154,6 +158,9 @@ class ModelFamily:
         ``JSONDecodeError`` traceback, or with a shape error deep inside megatron-core.
         """
         hf = read_hf_config(path)
+        for key, (kind, what) in TYPED_KEYS.items():
+            if hf.get(key) is not None and not isinstance(hf[key], kind):
+                raise ValueError(f"{path}: {key} = {hf[key]!r}, expected {what}")
         try:
             size = self.size_from_hf(hf, name)
         except KeyError as err:
@@ -164,6 +171,13 @@ class ModelFamily:
             value = getattr(size, field_name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{path}: {key} = {value!r}, expected a positive integer")
+        for field_name, key in (("rope_theta", "rope_theta"), ("norm_eps", "rms_norm_eps")):
+            value = getattr(size, field_name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ValueError(f"{path}: {key} = {value!r}, expected a positive number")
+        if size.hidden_size % size.num_attention_heads:
+            raise ValueError(f"{path}: hidden_size ({size.hidden_size}) is not a multiple of num_attention_heads "
+                             f"({size.num_attention_heads})")
         if size.num_attention_heads % size.num_query_groups:
             raise ValueError(f"{path}: num_attention_heads ({size.num_attention_heads}) is not a multiple of "
                              f"num_key_value_heads ({size.num_query_groups})")

@@ -21,6 +21,9 @@ ALIASES = {
     "vp": "parallel.vp", "sp": "parallel.sequence_parallel", "do": "parallel.distributed_optimizer",
     "env": "launch.env", "nproc": "launch.nproc_per_node", "hf": "convert.hf", "output": "output_dir",
 }
+#: short names for a key of the training stage being run (`make recipe=qwen2_5 sft lr=1e-5`)
+STAGE_ALIASES = {"lr": "optim.lr", "min_lr": "optim.min_lr"}
+TRAINING_STAGES = ("pretrain", "sft")
 #: make-level switches that are not recipe keys
 #: the world and the GPU `rehearse` checks a job against: `gpus=8 nodes=4 gpu=H800`
 REHEARSE_KEYS = ("gpu", "gpus", "nodes")
@@ -53,7 +56,8 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def parse_overrides(items: list[str]) -> list[tuple[list[str], Any]]:
+def parse_overrides(items: list[str], stage: str | None = None) -> list[tuple[list[str], Any]]:
+    """``key=value`` items as key paths; ``STAGE_ALIASES`` go to ``stage`` when it is a training stage."""
     parsed = []
     for item in items:
         path, value = parse_override(item)
@@ -61,18 +65,25 @@ def parse_overrides(items: list[str]) -> list[tuple[list[str], Any]]:
             continue
         if len(path) == 1 and path[0] in ALIASES:
             path = ALIASES[path[0]].split(".")
+        elif len(path) == 1 and path[0] in STAGE_ALIASES:
+            if stage not in TRAINING_STAGES:
+                raise ConfigError(f"{path[0]}= sets the training stage being run (`make ... pretrain {item}` or "
+                                  f"`sft {item}`); for {stage or 'a whole recipe'} name the stage: "
+                                  f"sft.{STAGE_ALIASES[path[0]]}={value}")
+            path = [stage, *STAGE_ALIASES[path[0]].split(".")]
         parsed.append((path, value))
     return parsed
 
 
-def load_recipe(name: str, overrides: list[str] | None = None) -> Recipe:
-    """The recipe with its size row and then the command-line overrides applied."""
+def load_recipe(name: str, overrides: list[str] | None = None, stage: str | None = None) -> Recipe:
+    """The recipe with its size row and then the command-line overrides applied (``stage``: the one being run,
+    which ``STAGE_ALIASES`` refer to)."""
     from pai_patch.models import get_family
 
     path = recipe_file(name)
     # keys starting with "_" only hold YAML anchors shared by the size rows
     raw = {k: v for k, v in load_yaml(path).items() if not k.startswith("_")}
-    parsed = parse_overrides(overrides or [])
+    parsed = parse_overrides(overrides or [], stage)
     probe = apply_overrides(copy.deepcopy(raw), parsed)
     family = get_family((probe.get("model") or {}).get("family", ""))
     size = str((probe.get("model") or {}).get("size", "tiny"))

@@ -398,7 +398,7 @@ RUNNERS: dict[str, Callable[[Recipe, Paths], None]] = {
 
 
 def run_stage(stage: str, overrides: list[str]) -> None:
-    recipe = load_recipe(_recipe_name(overrides), overrides)
+    recipe = load_recipe(_recipe_name(overrides), overrides, stage)
     p = paths(recipe, planned=stage == "pipeline" and dry_run())
     if stage in CHECKS or os.environ.get("DRY_RUN") == "rehearse":  # `DRY_RUN=rehearse` on a stage or seed launcher
         from pai_patch.recipes import rehearse
