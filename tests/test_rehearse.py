@@ -148,3 +148,17 @@ def test_seed_line_at_its_published_size_rehearses_from_the_converted_checkpoint
     assert f"pretrain checkpoint: {ckpt}: torch_dist, loads at any layout; names and shapes match" in result.stdout
     assert "pretrain memory:" in result.stdout and ": fits" in result.stdout
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe,size,world", [
+    ("deepseek_v2", "A2.4B", []), ("deepseek_v2", "A21B", ["nodes=8", "gpu=H200"]), ("qwen2_5", "0.5B", []),
+    ("qwen2_5", "72B", ["nodes=2", "gpu=H200"]), ("llama2", "7B", []),
+])
+def test_published_sizes_at_their_recipe_layouts(recipe, size, world, tmp_path, capsys) -> None:
+    """The seeds' sizes (DeepSeek-V2-Lite at TP=2 EP=4, the 236B at PP=8 EP=8, Qwen2.5-0.5B/72B, Llama-2-7B) on
+    sparse published-shape checkpoints. By the estimate the 236B and 72B need H200-class memory at these worlds."""
+    hf = write_sparse_hf(get_family(recipe).name, size, tmp_path / f"{recipe}-{size}")
+    rc, out = rehearse(capsys, tmp_path, f"recipe={recipe}", f"size={size}", f"hf={hf}", *world)
+    assert rc == 0, out
+    assert out.count(": fits") == 2 and "names and shapes match" in out
