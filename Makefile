@@ -12,7 +12,7 @@ STAGES := data convert pretrain sft export eval generate pipeline serve rehearse
 OVERRIDES := $(MAKEOVERRIDES)
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: help setup test test-slow test-all test-faults lint $(STAGES) image image-push bench bench-data bench-convert bench-gpu clean doctor
+.PHONY: help setup test test-slow test-all test-faults lint $(STAGES) image image-push bench bench-data bench-convert bench-full-size bench-gpu clean doctor
 
 help: ## list targets and recipes
 	@echo "usage: make recipe=<recipe> [size=<size>] [key=value ...] <stage>"
@@ -65,6 +65,9 @@ bench-data: $(STAMP) ## preprocessing throughput vs Megatron-LM's per-document l
 
 bench-convert: $(STAMP) ## conversion speed and memory vs the I/O floor
 	$(PY) bench/convert.py
+
+bench-full-size: $(STAMP) ## Qwen2.5-0.5B at its published shape: convert, train 3 iterations, export, verify (CPU)
+	$(PY) -m bench.full_size
 
 bench-gpu: $(STAMP) ## tokens/s, TFLOP/s and MFU on one GPU
 	$(PY) bench/gpu.py

@@ -73,12 +73,13 @@ def measure(command: list[str]) -> tuple[float, int]:
     return seconds, rss
 
 
-def write_results(lines: list[str]) -> None:
+def write_results(lines: list[str], heading: str = SECTION) -> None:
+    """Replace (or append) the ``heading`` section of bench/RESULTS.md with ``lines``."""
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    section = "\n".join([SECTION, "", *lines]) + "\n"
-    if SECTION in text:
-        start = text.index(SECTION)
-        end = text.find("\n## ", start + len(SECTION))
+    section = "\n".join([heading, "", *lines]) + "\n"
+    if heading in text:
+        start = text.index(heading)
+        end = text.find("\n## ", start + len(heading))
         text = text[:start] + section + (text[end + 1:] if end != -1 else "")
     else:
         text = text.rstrip("\n") + "\n\n" + section
