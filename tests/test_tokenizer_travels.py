@@ -89,6 +89,8 @@ def test_generation_uses_the_checkpoint_tokenizer(converted, tmp_path, capsys):
     copy_tokenizer_files(grown, ckpt)
     assert len(load_tokenizer(None, mcore=str(ckpt))) == len(load_tokenizer("Qwen2Tokenizer", mcore=str(ckpt))) \
         == len(load_tokenizer("shipped")) + 1
+    with pytest.raises(CliError, match="'Qwen2Tokenizer' is the qwen2_5 tokenizer, but the model is llama2"):
+        load_tokenizer("Qwen2Tokenizer", mcore=str(ckpt), family="llama2")
     assert load_tokenizer(None, mcore=str(tmp_path)).name_or_path == str(SHIPPED)
     assert f"note: {tmp_path} holds no tokenizer files; using the shipped tokenizer" in capsys.readouterr().err
 

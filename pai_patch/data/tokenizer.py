@@ -75,16 +75,17 @@ def copy_tokenizer_files(source: str | os.PathLike, target: str | os.PathLike) -
 
 
 def load_tokenizer(name_or_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None, *,
-                   hf: str | os.PathLike | None = None, checkpoint: str | os.PathLike | None = None):
+                   hf: str | os.PathLike | None = None, checkpoint: str | os.PathLike | None = None,
+                   family: str | None = None):
     """An HF ``PreTrainedTokenizerBase`` from local files only (never the hub).
 
     ``tokenizer_dir``, ``hf`` and ``checkpoint`` are where a seed class name's files are looked
-    for (:func:`find_tokenizer`). A directory that does not load raises ``CliError`` naming it and
+    for, and ``family`` the model family it must be of (:func:`find_tokenizer`). A directory that does not load raises ``CliError`` naming it and
     the file that is missing, because transformers' own message for an offline miss talks about the hub.
     """
     from transformers import AutoTokenizer  # heavy import, only when a tokenizer is needed
 
-    path = find_tokenizer(str(name_or_dir), explicit=tokenizer_dir, hf=hf, checkpoint=checkpoint)
+    path = find_tokenizer(str(name_or_dir), explicit=tokenizer_dir, hf=hf, checkpoint=checkpoint, family=family)
     if not path.is_dir():
         raise CliError(f"tokenizer directory {path} does not exist")
     if not any((path / f).exists() for f in TOKENIZER_FILES):

@@ -98,7 +98,7 @@ def opened_model(args: argparse.Namespace, *, tp: int = 1) -> Iterator[tuple[Dec
     if not args.family:
         raise ValueError("--mcore needs --family (qwen2_5, llama2, deepseek_v2) to build the model")
     check_mcore_dir(args.mcore)
-    tokenizer = load_tokenizer(args.tokenizer, mcore=args.mcore)
+    tokenizer = load_tokenizer(args.tokenizer, mcore=args.mcore, family=args.family)
     rt = Runtime(tp=tp, precision=args.precision)
     with model_parallel(rt):
         yield mcore_decoder(args.mcore, args.family, args.size, rt, verify=not args.no_verify), tokenizer

@@ -14,8 +14,9 @@ from pai_patch.models.base import Runtime
 
 
 
-def load_tokenizer(name_or_dir: str | None, *, hf: str | None = None, mcore: str | None = None) -> Any:
-    """``--tokenizer`` (a directory, ``shipped`` or a seed class name), by default the model's own.
+def load_tokenizer(name_or_dir: str | None, *, hf: str | None = None, mcore: str | None = None,
+                   family: str | None = None) -> Any:
+    """``--tokenizer`` (a directory, ``shipped`` or a seed class name of ``family``), by default the model's own.
 
     The model's own is the HF directory's, or the copy a Megatron checkpoint carries (``convert hf2mcore``
     and training write one); a checkpoint without one gets the shipped tokenizer, and says so.
@@ -26,7 +27,7 @@ def load_tokenizer(name_or_dir: str | None, *, hf: str | None = None, mcore: str
         print(f"note: {mcore} holds no tokenizer files; using the shipped tokenizer (--tokenizer DIR for another)",
               file=sys.stderr)
         name_or_dir = "shipped"
-    return tokenizer.load_tokenizer(name_or_dir or hf or mcore, hf=hf, checkpoint=mcore)
+    return tokenizer.load_tokenizer(name_or_dir or hf or mcore, hf=hf, checkpoint=mcore, family=family)
 
 
 def hf_decoder(hf_dir: str | Path, dtype: torch.dtype = torch.float32) -> HFDecoder:
