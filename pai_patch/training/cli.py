@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from pai_patch.configio import apply_overrides, from_dict, load_yaml, parse_override
 from pai_patch.training.config import TrainConfig
@@ -26,6 +27,9 @@ def load_job(config: str | None, overrides: list[str]) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Megatron-LM's launchers export it: one CUDA stream queue keeps the TP/SP collectives ordered before the
+    # GEMMs they overlap with (megatron warns at the first TP layer without it); a value the user set is kept
+    os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
     cfg = load_job(args.config, args.overrides)
     if args.print_config:
         from pai_patch.configio import to_dict
