@@ -54,8 +54,8 @@ def _load_dist(chunks: list[torch.nn.Module], iter_dir: Path, strict: bool) -> N
             if isinstance(sharded, ShardedObject):
                 if sharded.unique_key in available:
                     wanted[name] = sharded
-            elif (key := dist_key(sharded.key, available)) is not None:
-                sharded.key = key  # a fresh sharded dict: renaming it changes only what is read
+            elif (found := dist_key(sharded.key, available)) is not None:
+                sharded.key = found  # a fresh sharded dict: renaming it changes only what is read
                 wanted[name] = sharded
             else:
                 missing.append(sharded.key)
