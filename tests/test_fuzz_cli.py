@@ -114,3 +114,46 @@ def test_hf2mcore_refuses_a_damaged_config_in_one_line(hf_dir: Path, key: str, v
             assert (out / "latest_checkpointed_iteration.txt").is_file()
             return
         _assert_one_line_failure(rc, err, out)
+
+
+@st.composite
+def damaged_header(draw, raw: bytes) -> bytes:
+    """``raw`` (a safetensors file) with its header damaged in a way hypothesis picks."""
+    (length,) = __import__("struct").unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + length])
+    names = sorted(k for k in header if k != "__metadata__")
+    name = draw(st.sampled_from(names))
+    kind = draw(st.sampled_from(["length", "json", "dtype", "shape", "offsets", "truncate", "entry"]))
+    if kind == "length":  # the length field points past the end, or into the header
+        return __import__("struct").pack("<Q", draw(st.sampled_from([len(raw) * 2, 2**63, 3]))) + raw[8:]
+    if kind == "json":
+        cut = draw(st.integers(1, length - 1))
+        return raw[:8] + raw[8:8 + cut] + b"\x00" * (length - cut) + raw[8 + length:]
+    if kind == "truncate":  # the data region ends early
+        return raw[:draw(st.integers(8 + length, len(raw) - 1))]
+    entry = header[name]
+    if kind == "dtype":
+        entry["dtype"] = draw(st.sampled_from(["F7", "", "I128", "BOOLX"]))
+    elif kind == "shape":
+        entry["shape"] = draw(st.lists(st.integers(-2, 70000), max_size=3))
+    elif kind == "offsets":
+        entry["data_offsets"] = draw(st.lists(st.integers(-5, 10**12), max_size=3))
+    else:
+        header[name] = draw(st.one_of(st.none(), st.integers(), st.text(max_size=4)))
+    body = json.dumps(header).encode()
+    body += b" " * (-len(body) % 8)
+    return __import__("struct").pack("<Q", len(body)) + body + raw[8 + length:]
+
+
+@FUZZ
+@given(data=st.data())
+def test_hf2mcore_refuses_a_damaged_safetensors_header_in_one_line(hf_dir: Path, data) -> None:
+    raw = (hf_dir / "model.safetensors").read_bytes()
+    with tempfile.TemporaryDirectory() as tmp:
+        hf = Path(tmp) / "hf"
+        shutil.copytree(hf_dir, hf)
+        (hf / "model.safetensors").write_bytes(data.draw(damaged_header(raw)))
+        out = Path(tmp) / "mcore"
+        rc, err = _run(["convert", "hf2mcore", "--hf", str(hf), "--mcore", str(out)])
+        _assert_one_line_failure(rc, err, out)
+        assert "model.safetensors" in err, err

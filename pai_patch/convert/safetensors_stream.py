@@ -81,18 +81,54 @@ class SafetensorsReader:
 
 
 def _read_header(path: Path) -> dict[str, Entry]:
+    """Every tensor's entry, after checking the header describes bytes the file really holds.
+
+    A damaged header would otherwise convert garbage (an entry whose offsets point elsewhere) or fail deep in
+    a read; each problem is one line naming the file, the tensor and what was expected.
+    """
+    size = path.stat().st_size
     with open(path, "rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(length))
+        head = handle.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{path}: not a safetensors file ({size} bytes, shorter than its 8-byte header length)")
+        (length,) = struct.unpack("<Q", head)
+        if length > size - 8:
+            raise ValueError(f"{path}: header length {length} runs past the end of the file ({size} bytes); the file "
+                             "is truncated or not safetensors")
+        try:
+            header = json.loads(handle.read(length))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path}: header is not valid JSON ({getattr(err, 'msg', err)}); the file is damaged") \
+                from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: header is a JSON {type(header).__name__}, expected an object of tensors")
     base = 8 + length
-    entries = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if info["dtype"] not in DTYPES:
-            raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-        entries[name] = Entry(path, DTYPES[info["dtype"]], tuple(info["shape"]), base + info["data_offsets"][0])
-    return entries
+    return {name: _entry(path, name, info, base, size) for name, info in header.items() if name != "__metadata__"}
+
+
+def _entry(path: Path, name: str, info: object, base: int, size: int) -> Entry:
+    def bad(what: str) -> ValueError:
+        return ValueError(f"{path}: tensor {name}: {what}")
+
+    if not isinstance(info, dict):
+        raise bad(f"expected an object with dtype, shape and data_offsets, got {json.dumps(info)[:40]}")
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if dtype not in DTYPES:
+        raise bad(f"unsupported dtype {dtype!r} (expected one of {', '.join(DTYPES)})")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                              for d in shape):
+        raise bad(f"shape {shape!r} is not a list of non-negative integers")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1]):
+        raise bad(f"data_offsets {offsets!r} is not [start, end] with 0 <= start <= end")
+    nbytes = _numel(shape) * _itemsize(DTYPES[dtype])
+    if offsets[1] - offsets[0] != nbytes:
+        raise bad(f"data_offsets {offsets} hold {offsets[1] - offsets[0]} bytes, but shape {shape} in {dtype} "
+                  f"needs {nbytes}")
+    if base + offsets[1] > size:
+        raise bad(f"its bytes end at {base + offsets[1]}, past the end of the file ({size} bytes); the file is "
+                  "truncated")
+    return Entry(path, DTYPES[dtype], tuple(shape), base + offsets[0])
 
 
 class ShardedSafetensorsWriter:
