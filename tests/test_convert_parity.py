@@ -19,7 +19,7 @@ import torch
 
 from pai_patch.models import get_family
 from pai_patch.models.base import ModelSize, Runtime
-from tests.conftest import run_torchrun_script
+from tests.conftest import dense_families, run_torchrun_script
 
 TOLERANCE = 1e-4
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ def in_process_diff(family_name: str, hf: Path, ckpt: Path, size: ModelSize | No
     return float((ours - hf_logits(hf, tokens)).abs().max())
 
 
-@pytest.mark.parametrize("family_name", ["qwen2_5", "llama2"])
+@pytest.mark.parametrize("family_name", dense_families())
 @pytest.mark.parametrize("fmt", ["torch_dist", "legacy"])
 def test_logits_match_transformers_in_process(tmp_path, family_name, fmt):
     from test_convert_roundtrip import make_hf
@@ -74,6 +74,23 @@ def test_verify_command_and_negative_control(tmp_path):
     torch.save(checkpoint, path)
     bad = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 1 and "NOT within" in bad.stdout
+
+
+def test_qk_norms_are_converted(tmp_path):
+    """Qwen3's per-head q/k RMSNorm weights reach the model: resetting them to ones breaks parity."""
+    from test_convert_roundtrip import make_hf
+
+    hf = make_hf("qwen3", tmp_path / "hf")
+    convert("qwen3", hf, tmp_path / "mc", fmt="legacy")
+    assert in_process_diff("qwen3", hf, tmp_path / "mc") < TOLERANCE
+    path = tmp_path / "mc" / "release" / "mp_rank_00" / "model_optim_rng.pt"
+    checkpoint = torch.load(path, weights_only=True)
+    norms = [k for k in checkpoint["model"] if k.endswith(("q_layernorm.weight", "k_layernorm.weight"))]
+    assert len(norms) == 2 * get_family("qwen3").size("tiny").num_layers
+    for key in norms:
+        checkpoint["model"][key] = torch.ones_like(checkpoint["model"][key])
+    torch.save(checkpoint, path)
+    assert in_process_diff("qwen3", hf, tmp_path / "mc") > 100 * TOLERANCE
 
 
 def test_spec_translation_local_to_te():
