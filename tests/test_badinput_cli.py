@@ -64,7 +64,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("recipe: override without a value", ["stage", "pretrain", "recipe=qwen2_5", "pretrain.train"],
      "error: override 'pretrain.train' must look like key=value"),
     ("recipe: unknown recipe", ["stage", "pretrain", "recipe=nosuch"],
-     "error: unknown recipe 'nosuch'; valid recipes: deepseek_v2, llama2, qwen2_5"),
+     "error: unknown recipe 'nosuch'; valid recipes: deepseek_v2, llama2, qwen2_5, qwen3"),
     ("recipe: unknown model size", ["stage", "pretrain", "recipe=qwen2_5", "size=huge"],
      "error: unknown size 'huge' for qwen2_5; valid sizes: tiny, 0.5B, 1.5B, 3B, 7B, 14B, 32B, 72B"),
     ("recipe: recipe file path that does not exist", ["stage", "pretrain", "recipe=<tmp>/missing.yaml"],
