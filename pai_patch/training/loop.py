@@ -93,7 +93,7 @@ def _optimizer(cfg: TrainConfig, chunks: list[torch.nn.Module], rt) -> tuple[Any
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
     o, t = cfg.optim, cfg.train
-    offload = o.offload != "false" and torch.cuda.is_available()
+    offload = o.offload not in ("false", 0.0) and torch.cuda.is_available()
     opt_config = OptimizerConfig(
         optimizer="adam", lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay, adam_beta1=o.beta1,
         adam_beta2=o.beta2, adam_eps=o.eps, clip_grad=o.clip_grad, bf16=rt.precision in ("bf16", "fp8"),
@@ -112,8 +112,11 @@ def _optimizer(cfg: TrainConfig, chunks: list[torch.nn.Module], rt) -> tuple[Any
     return optimizer, scheduler
 
 
-def _offload_fraction(mode: str) -> float:
-    """`static` keeps all optimizer states on the host; `auto` offloads what the GPU can't hold."""
+def _offload_fraction(mode: str | float) -> float:
+    """`static` keeps all optimizer states on the host; `auto` offloads what the GPU can't hold; a number
+    is the fraction itself."""
+    if isinstance(mode, float):
+        return mode
     if mode == "static":
         return 1.0
     free, total = torch.cuda.mem_get_info()
