@@ -109,25 +109,27 @@ def test_spec_translation_local_to_te():
 
 @pytest.mark.slow
 @pytest.mark.dist
-@pytest.mark.parametrize("tp,pp", [(2, 1), (1, 2)])
-def test_logits_and_trainer_checkpoint_under_torchrun(tmp_path, tp, pp):
+# qwen3: head_dim != hidden / heads and q/k norms replicated over the TP ranks
+@pytest.mark.parametrize("family,tp,pp", [("qwen2_5", 2, 1), ("qwen2_5", 1, 2), ("qwen3", 2, 1)])
+def test_logits_and_trainer_checkpoint_under_torchrun(tmp_path, family, tp, pp):
     from test_convert_roundtrip import assert_same_tensors, make_hf, read_hf
 
     from pai_patch.convert.engine import mcore_to_hf
     from pai_patch.parallel import model_parallel
 
-    hf = make_hf("qwen2_5", tmp_path / "hf")
-    dist_dir = convert("qwen2_5", hf, tmp_path / "dist")  # written once, loaded at the run's TP/PP
-    legacy_dir = convert("qwen2_5", hf, tmp_path / "legacy", fmt="legacy", tp=tp, pp=pp)
-    run_torchrun_script(__file__, "--hf", str(hf), "--dist", str(dist_dir), "--legacy", str(legacy_dir),
+    hf = make_hf(family, tmp_path / "hf")
+    dist_dir = convert(family, hf, tmp_path / "dist")  # written once, loaded at the run's TP/PP
+    legacy_dir = convert(family, hf, tmp_path / "legacy", fmt="legacy", tp=tp, pp=pp)
+    run_torchrun_script(__file__, "--family", family, "--hf", str(hf), "--dist", str(dist_dir),
+                        "--legacy", str(legacy_dir),
                         "--tp", str(tp), "--pp", str(pp), "--save", str(tmp_path / "trained"),
                         "--out", str(tmp_path / "result.json"))
     diffs = json.loads((tmp_path / "result.json").read_text())
     assert set(diffs) == {"torch_dist", "legacy"} and max(diffs.values()) < TOLERANCE, diffs
     # the trainer's checkpoint (written at TP/PP=2) loads at TP=1 and exports to HF bit-exactly
-    assert in_process_diff("qwen2_5", hf, tmp_path / "trained") < TOLERANCE
+    assert in_process_diff(family, hf, tmp_path / "trained") < TOLERANCE
     with model_parallel():
-        mcore_to_hf(get_family("qwen2_5"), None, tmp_path / "trained", tmp_path / "back", hf)
+        mcore_to_hf(get_family(family), None, tmp_path / "trained", tmp_path / "back", hf)
     assert_same_tensors(read_hf(hf), read_hf(tmp_path / "back"))
 
 
@@ -141,7 +143,7 @@ def worker(args: argparse.Namespace) -> None:
     from pai_patch.convert.verify import hf_logits, sample_tokens
     from pai_patch.parallel import model_parallel
 
-    family = get_family("qwen2_5")
+    family = get_family(args.family)
     size = family.size("tiny")
     tokens = sample_tokens(size.vocab_size)
     positions = torch.arange(tokens.shape[1]).expand_as(tokens)
@@ -176,7 +178,7 @@ def worker(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    for flag in ("--hf", "--dist", "--legacy", "--save", "--out"):
+    for flag in ("--family", "--hf", "--dist", "--legacy", "--save", "--out"):
         parser.add_argument(flag, required=True)
     parser.add_argument("--tp", type=int, default=1)
     parser.add_argument("--pp", type=int, default=1)
