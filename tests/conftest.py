@@ -31,6 +31,14 @@ def corpus_prefix(tmp_path_factory: pytest.TempPathFactory) -> str:
     return f"{prefix}_text_document"
 
 
+def dense_families() -> list[str]:
+    """Every registered family on the shared dense decoder: a new one is tested without editing the tests."""
+    from pai_patch.models import families
+    from pai_patch.models.dense import DenseFamily
+
+    return sorted(name for name, family in families().items() if isinstance(family, DenseFamily))
+
+
 #: training steps of every layout-equivalence run (tests/test_train_parallel.py, _cp.py, _resume_layout.py)
 LAYOUT_STEPS = 10
 

@@ -74,7 +74,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("recipe: override without a value", ["stage", "pretrain", "recipe=qwen2_5", "pretrain.train"],
      "error: override 'pretrain.train' must look like key=value"),
     ("recipe: unknown recipe", ["stage", "pretrain", "recipe=nosuch"],
-     "error: unknown recipe 'nosuch'; valid recipes: deepseek_v2, llama2, qwen2_5"),
+     "error: unknown recipe 'nosuch'; valid recipes: deepseek_v2, llama2, qwen2_5, qwen3"),
     ("recipe: unknown model size", ["stage", "pretrain", "recipe=qwen2_5", "size=huge"],
      "error: unknown size 'huge' for qwen2_5; valid sizes: tiny, 0.5B, 1.5B, 3B, 7B, 14B, 32B, 72B"),
     ("recipe: recipe file path that does not exist", ["stage", "pretrain", "recipe=<tmp>/missing.yaml"],
@@ -127,7 +127,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("train: conflicting budget", ["train", "train.train_iters=5", "train.train_tokens=100"],
      "error: train: give exactly one of train_iters or train_tokens"),
     ("train: unknown model family", ["train", "model.family=gpt5"],
-     "error: unknown model family 'gpt5'; valid: deepseek_v2, llama2, qwen2_5"),
+     "error: unknown model family 'gpt5'; valid: deepseek_v2, llama2, qwen2_5, qwen3"),
     ("seed script: wrong argument count", ["seed", "run_mcore_qwen", "dsw", "0.5B"],
      f"error: run_mcore_qwen.sh takes 25 arguments, got 2; {QWEN_USAGE}"),
     ("seed script: value outside its choices", _seed(PR="fp64"),
@@ -299,7 +299,7 @@ def test_train_error_is_the_only_line_in_a_real_process():
     result = subprocess.run([sys.executable, "-m", "pai_patch", "train", "model.family=gpt5"], cwd=REPO,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
-    assert result.stderr.splitlines() == ["error: unknown model family 'gpt5'; valid: deepseek_v2, llama2, qwen2_5"]
+    assert result.stderr.splitlines() == ["error: unknown model family 'gpt5'; valid: deepseek_v2, llama2, qwen2_5, qwen3"]
 
 
 def test_errors_doc_matches_tables():

@@ -60,6 +60,23 @@ def test_extra_tensor(hf, tmp_path):
     assert leftovers(tmp_path / "out") == []
 
 
+def test_tied_checkpoint_storing_its_output_layer(hf, tmp_path):
+    """Qwen3-0.6B ties lm_head to the embedding but stores it: a copy converts, a different table is refused."""
+    from test_convert_parity import in_process_diff
+
+    def add_copy(tensors: dict) -> None:
+        tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()
+
+    good = edited_copy(hf, tmp_path / "good", add_copy)
+    convert(good, tmp_path / "out")
+    assert in_process_diff("qwen2_5", hf, tmp_path / "out") < 1e-4
+    bad = edited_copy(good, tmp_path / "bad", lambda t: t["lm_head.weight"][5].add_(1.0))
+    with pytest.raises(ValueError, match=r"tensor lm_head\.weight differs from model\.embed_tokens\.weight, but "
+                                         r"config\.json ties them \(tie_word_embeddings true\)"):
+        convert(bad, tmp_path / "out2")
+    assert leftovers(tmp_path / "out2") == []
+
+
 def test_shape_disagreeing_with_size_row(hf, tmp_path):
     def shrink(tensors: dict) -> None:
         tensors["model.layers.1.mlp.down_proj.weight"] = tensors["model.layers.1.mlp.down_proj.weight"][:, :200].contiguous()

@@ -19,7 +19,7 @@ import torch
 
 from pai_patch.models import get_family
 from pai_patch.models.base import ModelSize, Runtime
-from tests.conftest import run_torchrun_script
+from tests.conftest import dense_families, run_torchrun_script
 
 TOLERANCE = 1e-4
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ def in_process_diff(family_name: str, hf: Path, ckpt: Path, size: ModelSize | No
     return float((ours - hf_logits(hf, tokens)).abs().max())
 
 
-@pytest.mark.parametrize("family_name", ["qwen2_5", "llama2"])
+@pytest.mark.parametrize("family_name", dense_families())
 @pytest.mark.parametrize("fmt", ["torch_dist", "legacy"])
 def test_logits_match_transformers_in_process(tmp_path, family_name, fmt):
     from test_convert_roundtrip import make_hf
@@ -77,6 +77,26 @@ def test_verify_command_and_negative_control(tmp_path):
     assert bad.returncode == 1 and "NOT within" in bad.stdout
 
 
+def test_qk_norms_are_converted(tmp_path):
+    """Qwen3's per-head q/k RMSNorm weights reach the model: `convert verify` passes, and resetting them
+    to ones breaks parity."""
+    from test_convert_roundtrip import make_hf
+
+    hf = make_hf("qwen3", tmp_path / "hf")
+    convert("qwen3", hf, tmp_path / "mc", fmt="legacy")
+    cmd = [sys.executable, "-m", "pai_patch", "convert", "verify", "--hf", str(hf), "--mcore", str(tmp_path / "mc")]
+    good = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert good.returncode == 0 and "within tolerance" in good.stdout, good.stderr[-2000:]
+    path = tmp_path / "mc" / "release" / "mp_rank_00" / "model_optim_rng.pt"
+    checkpoint = torch.load(path, weights_only=True)
+    norms = [k for k in checkpoint["model"] if k.endswith(("q_layernorm.weight", "k_layernorm.weight"))]
+    assert len(norms) == 2 * get_family("qwen3").size("tiny").num_layers
+    for key in norms:
+        checkpoint["model"][key] = torch.ones_like(checkpoint["model"][key])
+    torch.save(checkpoint, path)
+    assert in_process_diff("qwen3", hf, tmp_path / "mc") > 100 * TOLERANCE
+
+
 def test_spec_translation_local_to_te():
     """Local-spec names in a legacy file map onto a TE model's names (and TE onto local, tested end to end)."""
     from pai_patch.convert.io import _translate
@@ -93,25 +113,27 @@ def test_spec_translation_local_to_te():
 
 @pytest.mark.slow
 @pytest.mark.dist
-@pytest.mark.parametrize("tp,pp", [(2, 1), (1, 2)])
-def test_logits_and_trainer_checkpoint_under_torchrun(tmp_path, tp, pp):
+# qwen3: head_dim != hidden / heads and q/k norms replicated over the TP ranks
+@pytest.mark.parametrize("family,tp,pp", [("qwen2_5", 2, 1), ("qwen2_5", 1, 2), ("qwen3", 2, 1)])
+def test_logits_and_trainer_checkpoint_under_torchrun(tmp_path, family, tp, pp):
     from test_convert_roundtrip import assert_same_tensors, make_hf, read_hf
 
     from pai_patch.convert.engine import mcore_to_hf
     from pai_patch.parallel import model_parallel
 
-    hf = make_hf("qwen2_5", tmp_path / "hf")
-    dist_dir = convert("qwen2_5", hf, tmp_path / "dist")  # written once, loaded at the run's TP/PP
-    legacy_dir = convert("qwen2_5", hf, tmp_path / "legacy", fmt="legacy", tp=tp, pp=pp)
-    run_torchrun_script(__file__, "--hf", str(hf), "--dist", str(dist_dir), "--legacy", str(legacy_dir),
+    hf = make_hf(family, tmp_path / "hf")
+    dist_dir = convert(family, hf, tmp_path / "dist")  # written once, loaded at the run's TP/PP
+    legacy_dir = convert(family, hf, tmp_path / "legacy", fmt="legacy", tp=tp, pp=pp)
+    run_torchrun_script(__file__, "--family", family, "--hf", str(hf), "--dist", str(dist_dir),
+                        "--legacy", str(legacy_dir),
                         "--tp", str(tp), "--pp", str(pp), "--save", str(tmp_path / "trained"),
                         "--out", str(tmp_path / "result.json"))
     diffs = json.loads((tmp_path / "result.json").read_text())
     assert set(diffs) == {"torch_dist", "legacy"} and max(diffs.values()) < TOLERANCE, diffs
     # the trainer's checkpoint (written at TP/PP=2) loads at TP=1 and exports to HF bit-exactly
-    assert in_process_diff("qwen2_5", hf, tmp_path / "trained") < TOLERANCE
+    assert in_process_diff(family, hf, tmp_path / "trained") < TOLERANCE
     with model_parallel():
-        mcore_to_hf(get_family("qwen2_5"), None, tmp_path / "trained", tmp_path / "back", hf)
+        mcore_to_hf(get_family(family), None, tmp_path / "trained", tmp_path / "back", hf)
     assert_same_tensors(read_hf(hf), read_hf(tmp_path / "back"))
 
 
@@ -125,7 +147,7 @@ def worker(args: argparse.Namespace) -> None:
     from pai_patch.convert.verify import hf_logits, sample_tokens
     from pai_patch.parallel import model_parallel
 
-    family = get_family("qwen2_5")
+    family = get_family(args.family)
     size = family.size("tiny")
     tokens = sample_tokens(size.vocab_size)
     positions = torch.arange(tokens.shape[1]).expand_as(tokens)
@@ -160,7 +182,7 @@ def worker(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    for flag in ("--hf", "--dist", "--legacy", "--save", "--out"):
+    for flag in ("--family", "--hf", "--dist", "--legacy", "--save", "--out"):
         parser.add_argument(flag, required=True)
     parser.add_argument("--tp", type=int, default=1)
     parser.add_argument("--pp", type=int, default=1)

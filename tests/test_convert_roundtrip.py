@@ -13,6 +13,7 @@ import torch
 
 from pai_patch.models import get_family
 from pai_patch.models.base import ModelSize
+from tests.conftest import dense_families
 
 TOKENIZER = Path(__file__).resolve().parents[1] / "pai_patch" / "assets" / "tokenizer"
 
@@ -56,7 +57,7 @@ def assert_same_tensors(expected: dict[str, torch.Tensor], got: dict[str, torch.
 def hf_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
     root = tmp_path_factory.mktemp("hf")
     return {(name, dt): make_hf(name, root / f"{name}-{dt}", getattr(torch, dt))
-            for name in ("qwen2_5", "llama2") for dt in ("float32", "bfloat16")}
+            for name in dense_families() for dt in ("float32", "bfloat16")}
 
 
 def round_trip(family_name: str, hf: Path, root: Path, **layout: object) -> Path:
@@ -70,7 +71,7 @@ def round_trip(family_name: str, hf: Path, root: Path, **layout: object) -> Path
     return root / "back"
 
 
-@pytest.mark.parametrize("family_name", ["qwen2_5", "llama2"])
+@pytest.mark.parametrize("family_name", dense_families())
 @pytest.mark.parametrize("fmt", ["torch_dist", "legacy"])
 @pytest.mark.parametrize("tp,pp", [(1, 1), (2, 1), (1, 2), (2, 2)])
 def test_round_trip_fp32_is_bit_exact(hf_dirs, tmp_path, family_name, fmt, tp, pp):
@@ -83,7 +84,7 @@ def test_round_trip_fp32_is_bit_exact(hf_dirs, tmp_path, family_name, fmt, tp, p
         assert len(ranks) == tp * pp and ranks[0] == ("mp_rank_00_000" if pp > 1 else "mp_rank_00")
 
 
-@pytest.mark.parametrize("family_name", ["qwen2_5", "llama2"])
+@pytest.mark.parametrize("family_name", dense_families())
 @pytest.mark.parametrize("fmt", ["torch_dist", "legacy"])
 def test_round_trip_bf16_stays_bf16(hf_dirs, tmp_path, family_name, fmt):
     hf = hf_dirs[(family_name, "bfloat16")]

@@ -17,6 +17,7 @@ from pai_patch.generation.engine import generate_ids
 from pai_patch.generation.sampling import SamplingParams
 from pai_patch.models import get_family
 from pai_patch.models.base import ModelSize, Runtime, padded_vocab_size
+from tests.conftest import dense_families
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = [5, 77, 300, 1200, 9, 41]
@@ -66,6 +67,9 @@ def copy_dense_weights(hf: torch.nn.Module, mcore: torch.nn.Module, size: ModelS
         out[m + "self_attention.linear_qkv.weight"] = qkv(h, "weight")
         if size.qkv_bias:
             out[m + "self_attention.linear_qkv.bias"] = qkv(h, "bias")
+        if size.qk_layernorm:
+            for n in "qk":
+                out[m + f"self_attention.{n}_layernorm.weight"] = sd[h + f"self_attn.{n}_norm.weight"]
         out[m + "input_layernorm.weight"] = sd[h + "input_layernorm.weight"]
         out[m + "self_attention.linear_proj.weight"] = sd[h + "self_attn.o_proj.weight"]
         out[m + "pre_mlp_layernorm.weight"] = sd[h + "post_attention_layernorm.weight"]
@@ -75,7 +79,7 @@ def copy_dense_weights(hf: torch.nn.Module, mcore: torch.nn.Module, size: ModelS
     assert not unexpected and not [k for k in missing if not k.endswith("_extra_state")]
 
 
-@pytest.mark.parametrize("family", ["qwen2_5", "llama2", "deepseek_v2"])
+@pytest.mark.parametrize("family", [*dense_families(), "deepseek_v2"])
 @pytest.mark.parametrize("penalty", [1.0, 1.3])
 def test_hf_loop_matches_transformers_generate(family: str, penalty: float) -> None:
     model = tiny_hf(family)
@@ -85,7 +89,7 @@ def test_hf_loop_matches_transformers_generate(family: str, penalty: float) -> N
     assert len(set(ours)) > 3  # a real sequence, not one repeated token
 
 
-@pytest.mark.parametrize("family", ["qwen2_5", "llama2"])
+@pytest.mark.parametrize("family", dense_families())
 def test_mcore_kv_cache_loop_matches_transformers_generate(family: str) -> None:
     from pai_patch.parallel import model_parallel
 

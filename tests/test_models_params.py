@@ -8,9 +8,10 @@ import pytest
 
 from pai_patch.models import families, get_family
 from pai_patch.models.params import count_params
-from tests.conftest import run_cli
+from tests.conftest import dense_families, run_cli
 
-DENSE_ROWS = [(f, s) for f in ("qwen2_5", "llama2") for s in get_family(f).sizes if s != "tiny"]
+DENSE_ROWS = [(f, s) for f in dense_families() for s, row in get_family(f).sizes.items()
+              if row.published_params is not None]
 
 
 @pytest.mark.parametrize("family,size", DENSE_ROWS)
@@ -36,6 +37,14 @@ def test_models_info_json_cli() -> None:
     info = json.loads(out[out.index("{"):])
     assert info["params_total"] == 6_738_415_616
     assert info["size"]["num_layers"] == 32
+
+
+def test_models_info_shows_an_explicit_head_dim() -> None:
+    """Qwen3-0.6B: 16 heads of 128 on a hidden size of 1024, q/k norms, the published total."""
+    out = run_cli("models", "info", "qwen3", "--size", "0.6B", "--json").stdout
+    info = json.loads(out[out.index("{"):])
+    assert info["params_total"] == 596_049_920
+    assert (info["size"]["hidden_size"], info["size"]["head_dim"], info["size"]["qk_layernorm"]) == (1024, 128, True)
 
 
 def test_unknown_size_lists_valid_ones() -> None:

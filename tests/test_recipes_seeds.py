@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pai_patch.configio import ConfigError
+from pai_patch.recipes.resolve import load_recipe, train_config
 from pai_patch.recipes.seed_args import translate
 from tests.conftest import ROOT
 
@@ -86,6 +87,29 @@ def test_wrong_count_and_values_are_rejected() -> None:
     args[16] = "selective"
     with pytest.raises(ConfigError, match=r"argument 17 \(AC\) = 'selective'; allowed: sel, full, offload, false"):
         translate("run_mcore_qwen", args, {})
+
+
+def qwen3_pretrain(size: str, data: str, out: str, offload: str = "0.5") -> list[str]:
+    """The original toolkit's run_mcore_qwen3.sh example (27 arguments: ETP after CP, then EP)."""
+    return ["dsw", size, "1", "8", "1e-5", "1e-6", "128", "128", "bf16", "1", "1", "1", "1", "1", "true", "true",
+            "true", "false", "sel", offload, "100000", data, data, "none", "10000", "100", out]
+
+
+def test_qwen3_launcher_takes_etp_and_a_fractional_optimizer_offload(tmp_path: Path) -> None:
+    stage, overrides, _ = translate("run_mcore_qwen3", qwen3_pretrain("tiny", "d", "o"), {})
+    assert stage == "pretrain" and overrides[0] == "recipe=qwen3"
+    assert {"parallel.etp=1", "parallel.ep=1", "pretrain.optim.offload=0.5", "pretrain.train.recompute=sel"} \
+        <= set(overrides)
+    assert "pretrain.optim.offload=false" in translate("run_mcore_qwen3", qwen3_pretrain("tiny", "d", "o", "false"),
+                                                       {})[1]
+    with pytest.raises(ConfigError, match=r"run_mcore_qwen3.sh takes 27 arguments, got 25; usage: .* CP ETP EP SP"):
+        translate("run_mcore_qwen3", qwen_pretrain("tiny", "d", "o"), {})
+    with pytest.raises(ConfigError, match=r"argument 20 \(OPTIMIZER_OFFLOAD\) = 'half'; expected false or a fraction"):
+        translate("run_mcore_qwen3", qwen3_pretrain("tiny", "d", "o", "half"), {})
+    with pytest.raises(ConfigError, match=r"optim.offload: a fraction of the optimizer state must be within 0 and 1"):
+        train_config(load_recipe("qwen3", ["pretrain.optim.offload=1.5"]), "pretrain")
+    job = _dry_run_job(["sh", "recipes/qwen3/run_mcore_qwen3.sh", *qwen3_pretrain("tiny", "d", str(tmp_path))])
+    assert job["optim"]["offload"] == 0.5 and job["model"] == {"family": "qwen3", "size": "tiny"}
 
 
 def test_bad_size_through_the_script_is_one_line(tmp_path: Path) -> None:

@@ -117,9 +117,30 @@ class HfSource:
                                  f"{model.size.name} of {model.family.name} needs {list(want)}")
         if missing := sorted(expected - found):
             raise ValueError(f"{hf_dir}: missing tensor {missing[0]}" + _more(missing))
-        if extra := sorted(found - expected):
+        if extra := sorted(found - expected - self._tied_copy(hf_dir, found - expected)):
             raise ValueError(f"{hf_dir}: unexpected tensor {extra[0]} (not in the {model.family.name} mapping)"
                              + _more(extra))
+
+    def _tied_copy(self, hf_dir: Path, extra: set[str]) -> set[str]:
+        """The output layer a tied checkpoint stores anyway (Qwen3-0.6B's ``lm_head.weight``), when it
+        equals the embedding: the model has one table for both, so the copy is checked and skipped."""
+        rules = {rule.mcore: rule for rule in self.model.mapping.rules}
+        embedding, output = (rules.get(name) for name in self.model.mapping.tied)
+        if not self.model.size.tie_embeddings or embedding is None or output is None or output.hf[0] not in extra:
+            return set()
+        copy, table = output.hf[0], embedding.hf[0]
+        entry = self.reader.entries[copy]
+        same = entry.shape == self.reader.entries[table].shape
+        step = max(1, BLOCK_BYTES // max(entry.row_bytes, 1))
+        for first in range(0, entry.shape[0] if same else 0, step):  # row blocks: a 0.6B table is 311 MB
+            rows = slice(first, min(first + step, entry.shape[0]))
+            same = torch.equal(self.reader.read(copy, rows), self.reader.read(table, rows))
+            if not same:
+                break
+        if not same:
+            raise ValueError(f"{hf_dir}: tensor {copy} differs from {table}, but config.json ties them "
+                             f"(tie_word_embeddings true); expected a copy of the embedding or no {copy}")
+        return {copy}
 
     def out_dtype(self, item: Item) -> torch.dtype:
         return self.dtype or self.reader.entries[item.hf_names[0]].dtype

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, TypeVar
 if TYPE_CHECKING:
     from pai_patch.models.base import ModelFamily
 
-FAMILY_PACKAGES = ("qwen2_5", "llama2", "deepseek_v2")
+FAMILY_PACKAGES = ("qwen2_5", "qwen3", "llama2", "deepseek_v2")
 _REGISTRY: dict[str, "ModelFamily"] = {}
 F = TypeVar("F", bound=type)
 

@@ -75,9 +75,18 @@ class ModelSize:
     published_params: int | None = None
     published_active: int | None = None
     hf_repo: str | None = None
+    #: per-head width of q/k/v; None = hidden_size // num_attention_heads (Qwen3 publishes its own, e.g. 128 at
+    #: hidden 1024 with 16 heads)
+    head_dim: int | None = None
+    #: RMSNorm over each query and key head before RoPE (Qwen3's q_norm/k_norm)
+    qk_layernorm: bool = False
 
-    @property
-    def head_dim(self) -> int:
+    def __post_init__(self) -> None:
+        if self.head_dim is None:  # frozen: fill the derived default once, so readers always see an int
+            object.__setattr__(self, "head_dim", self.default_head_dim())
+
+    def default_head_dim(self) -> int:
+        """The head width when the row does not name one."""
         return self.hidden_size // self.num_attention_heads
 
     @property
@@ -199,10 +208,16 @@ class ModelFamily:
             norm_eps=hf.get("rms_norm_eps", 1e-6),
             tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
             qkv_bias=self._hf_qkv_bias(hf),
+            head_dim=hf.get("head_dim"),
+            qk_layernorm=self._hf_qk_layernorm(hf),
         )
 
     def _hf_qkv_bias(self, hf: Mapping[str, Any]) -> bool:
         return bool(hf.get("attention_bias", False))
+
+    def _hf_qk_layernorm(self, hf: Mapping[str, Any]) -> bool:
+        """Whether the family normalises q/k heads; HF configs have no switch for it (the class decides)."""
+        return False
 
     def num_routed_experts(self, size: ModelSize) -> int | None:
         """Routed experts per MoE layer (None for dense families); EP must divide it."""
@@ -227,6 +242,7 @@ class ModelFamily:
             activation_func=F.silu,
             add_bias_linear=False,
             add_qkv_bias=size.qkv_bias,
+            qk_layernorm=size.qk_layernorm,
             hidden_dropout=0.0,
             attention_dropout=0.0,
             init_method_std=rt.init_std,
@@ -279,8 +295,9 @@ class ModelFamily:
         )
 
         if rt.use_te:
-            return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=False)
-        return with_sdpa_attention(get_gpt_layer_local_spec(qk_layernorm=False, normalization="RMSNorm"))
+            return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=config.qk_layernorm)
+        return with_sdpa_attention(get_gpt_layer_local_spec(qk_layernorm=config.qk_layernorm,
+                                                            normalization="RMSNorm"))
 
     def rope_kwargs(self, size: ModelSize) -> dict[str, Any]:
         return dict(position_embedding_type="rope", rotary_base=int(size.rope_theta), rotary_percent=1.0)

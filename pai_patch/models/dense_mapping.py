@@ -1,7 +1,8 @@
-"""The Llama-style checkpoint layout shared by Qwen2.5 and Llama2 (see :mod:`pai_patch.convert.mapping`).
+"""The Llama-style checkpoint layout shared by Qwen2.5, Qwen3 and Llama2 (see :mod:`pai_patch.convert.mapping`).
 
-Qwen2.5 differs only by its q/k/v biases and, for the small sizes, tied embeddings;
-both are read from the size row, so one mapping serves both families.
+Qwen2.5 differs by its q/k/v biases, Qwen3 by its per-head q/k RMSNorm, and the small
+sizes by tied embeddings; all are read from the size row, so one mapping serves every
+dense family.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ H = "model.layers.{layer}."
 
 def _has_qkv_bias(size: ModelSize, layer: int | None) -> bool:
     return size.qkv_bias
+
+
+def _has_qk_layernorm(size: ModelSize, layer: int | None) -> bool:
+    return size.qk_layernorm
 
 
 def _untied(size: ModelSize, layer: int | None) -> bool:
@@ -34,6 +39,11 @@ def dense_mapping() -> WeightMapping:
                        split=Split.COLUMN, fuse=Fuse.QKV),
             TensorRule(L + "self_attention.linear_qkv.bias", tuple(f"{n}.bias" for n in qkv),
                        split=Split.COLUMN, fuse=Fuse.QKV, when=_has_qkv_bias),
+            # one [head_dim] norm shared by every head: each TP rank holds all of it
+            TensorRule(L + "self_attention.q_layernorm.weight", (H + "self_attn.q_norm.weight",),
+                       when=_has_qk_layernorm),
+            TensorRule(L + "self_attention.k_layernorm.weight", (H + "self_attn.k_norm.weight",),
+                       when=_has_qk_layernorm),
             TensorRule(L + "self_attention.linear_proj.weight", (H + "self_attn.o_proj.weight",), split=Split.ROW),
             TensorRule(L + "pre_mlp_layernorm.weight", (H + "post_attention_layernorm.weight",), te=mlp_norm,
                        dist=mlp_norm),

@@ -1,6 +1,6 @@
 """The seeds' positional launchers as a thin layer over recipes.
 
-``run_mcore_qwen.sh`` (25 args), ``run_mcore_deepseek.sh`` (26), Llama2's
+``run_mcore_qwen.sh`` (25 args), ``run_mcore_qwen3.sh`` (27), ``run_mcore_deepseek.sh`` (26), Llama2's
 ``run_pretrain_megatron_llama.sh`` (24) and ``run_finetune_megatron_llama.sh`` (22) keep
 their argument order; each argument becomes a recipe override, checked against its
 allowed values, and the run is the same as ``make recipe=... <stage> <overrides>``
@@ -29,6 +29,8 @@ class Arg:
     key: str | None
     allowed: tuple[str, ...] | None = None
     kind: Callable[[str], object] = str
+    #: what a value that ``kind`` refuses should have been; None: an integer or a number
+    expected: str | None = None
 
 
 def _int(text: str) -> int:
@@ -49,7 +51,18 @@ COMMON_TRAIN = [
 ]
 
 
-def _mcore(with_ep: bool) -> list[Arg]:
+def _offload(text: str) -> str | float:
+    """run_mcore_qwen3.sh's OPTIMIZER_OFFLOAD: false, or the fraction of the optimizer state to offload
+    (its range is the optimizer section's check, as for the recipe form)."""
+    return text if text == "false" else float(text)
+
+
+OFFLOAD_MODES = Arg("OPTIMIZER_OFFLOAD", "{stage}.optim.offload", ("false", "static", "auto"))
+OFFLOAD_FRACTION = Arg("OPTIMIZER_OFFLOAD", "{stage}.optim.offload", kind=_offload,
+                       expected="false or a fraction from 0 to 1")
+
+
+def _mcore(with_ep: bool, with_etp: bool = False, offload: Arg = OFFLOAD_MODES) -> list[Arg]:
     return [
         Arg("ENV", "launch.env", ("dsw", "dlc")),
         Arg("MODEL_SIZE", "model.size"),
@@ -58,13 +71,14 @@ def _mcore(with_ep: bool) -> list[Arg]:
         Arg("TP", "parallel.tp", kind=_int),
         Arg("PP", "parallel.pp", kind=_int),
         Arg("CP", "parallel.cp", kind=_int),
+        *([Arg("ETP", "parallel.etp", kind=_int)] if with_etp else []),
         *([Arg("EP", "parallel.ep", kind=_int)] if with_ep else []),
         Arg("SP", "parallel.sequence_parallel", BOOL),
         Arg("DO", "parallel.distributed_optimizer", BOOL),
         Arg("FL", "{stage}.train.flash_attn", BOOL),
         Arg("SFT", None, BOOL),
         Arg("AC", "{stage}.train.recompute", ("sel", "full", "offload", "false")),
-        Arg("OPTIMIZER_OFFLOAD", "{stage}.optim.offload", ("false", "static", "auto")),
+        offload,
         Arg("SAVE_INTERVAL", "{stage}.checkpoint.save_interval", kind=_int),
         Arg("DATASET_PATH", "{stage}.data.train_path"),
         Arg("VALID_DATASET_PATH", "{stage}.data.valid_path"),
@@ -90,6 +104,7 @@ LLAMA_MID = [
 
 SCRIPTS: dict[str, tuple[str, list[Arg]]] = {
     "run_mcore_qwen": ("qwen2_5", _mcore(with_ep=False)),
+    "run_mcore_qwen3": ("qwen3", _mcore(with_ep=True, with_etp=True, offload=OFFLOAD_FRACTION)),
     "run_mcore_deepseek": ("deepseek_v2", _mcore(with_ep=True)),
     "run_pretrain_megatron_llama": ("llama2", [
         *LLAMA_HEAD, *COMMON_TRAIN, *LLAMA_MID,
@@ -140,7 +155,7 @@ def translate(script: str, argv: list[str], env: Mapping[str, str] = os.environ)
             values[arg.name] = _bool(text) if arg.allowed == BOOL else arg.kind(text)
         except ValueError:
             raise ConfigError(f"{script}.sh argument {position} ({arg.name}) = {text!r}; "
-                              f"expected {'an integer' if arg.kind is _int else 'a number'}") from None
+                              f"expected {arg.expected or ('an integer' if arg.kind is _int else 'a number')}") from None
     sft = bool(values.get("SFT", script == "run_finetune_megatron_llama"))
     stage = "sft" if sft else "pretrain"
     notes: list[str] = []

@@ -45,8 +45,9 @@ class OptimSection:
     eps: float = 1e-8
     clip_grad: float = 1.0
     lr_decay_style: Literal["cosine", "linear", "constant"] = "cosine"
-    #: seeds' OPTIMIZER_OFFLOAD: keep optimizer states on the host (static) or decide by memory (auto)
-    offload: Literal["false", "static", "auto"] = "false"
+    #: seeds' OPTIMIZER_OFFLOAD: keep optimizer states on the host (static), decide by memory (auto), or
+    #: offload this fraction 0-1 of them (run_mcore_qwen3.sh's form)
+    offload: Literal["false", "static", "auto"] | float = "false"
 
     def validate(self) -> None:
         """What megatron-core's scheduler and torch's Adam assert on, refused here with the key named.
@@ -66,6 +67,9 @@ class OptimSection:
             value = getattr(self, name)
             if not 0 <= value < 1:
                 raise ConfigError(f"optim.{name}: expected 0 <= {name} < 1, got {value:g}")
+        if isinstance(self.offload, float) and not 0.0 <= self.offload <= 1.0:
+            raise ConfigError(f"optim.offload: a fraction of the optimizer state must be within 0 and 1, "
+                              f"got {self.offload}")
 
 
 @dataclass

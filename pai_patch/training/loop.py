@@ -112,12 +112,12 @@ def _optimizer(cfg: TrainConfig, chunks: list[torch.nn.Module], rt) -> tuple[Any
     return optimizer, scheduler
 
 
-def _optimizer_offload(mode: str) -> bool:
+def _optimizer_offload(mode: str | float) -> bool:
     """Whether to offload the optimizer (the seeds' OPTIMIZER_OFFLOAD); without CUDA it is ignored, and said so.
 
     megatron-core's offload moves optimizer states from the GPU to the host: on a CPU run they are
     there already, so the run goes on unchanged rather than failing."""
-    if mode == "false":
+    if mode in ("false", 0.0):
         return False
     if not torch.cuda.is_available():
         log.warning("no CUDA: optim.offload=%s (OPTIMIZER_OFFLOAD) ignored; the optimizer states are in host "
@@ -126,8 +126,11 @@ def _optimizer_offload(mode: str) -> bool:
     return True
 
 
-def _offload_fraction(mode: str) -> float:
-    """`static` keeps all optimizer states on the host; `auto` offloads what the GPU can't hold."""
+def _offload_fraction(mode: str | float) -> float:
+    """`static` keeps all optimizer states on the host; `auto` offloads what the GPU can't hold; a number
+    is the fraction itself."""
+    if isinstance(mode, float):
+        return mode
     if mode == "static":
         return 1.0
     free, total = torch.cuda.mem_get_info()

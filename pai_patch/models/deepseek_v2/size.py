@@ -41,9 +41,8 @@ class DeepseekV2Size(ModelSize):
     beta_fast: float = 32.0
     beta_slow: float = 1.0
 
-    @property
-    def head_dim(self) -> int:
-        return self.qk_nope_head_dim
+    def default_head_dim(self) -> int:
+        return self.qk_nope_head_dim  # MLA: the non-rotary part of a query/key head
 
     @property
     def attention_head_dims(self) -> tuple[int, int]:
