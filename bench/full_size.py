@@ -1,9 +1,10 @@
 """Qwen2.5-0.5B at its full published shape, end to end on this CPU (``make bench-full-size``).
 
 A random HF checkpoint of the 0.5B shape -> ``convert hf2mcore`` -> 3 training iterations with the
-0.5B row's settings (seq 4096, lr 1e-5/1e-6, distributed optimizer) but fp32, as bf16 is emulated on a
-CPU, global batch 1 instead of 8 so that it ends in minutes, and full recompute instead of selective:
-with selective recompute the fp32 run needs more than this machine's 24 GiB (it was OOM-killed at 22.5 GB)) -> ``convert
+0.5B row's settings (lr 1e-5/1e-6, distributed optimizer) but what a 24 GiB CPU holds: fp32, as bf16 is
+emulated on a CPU; global batch 1 instead of 8 so that it ends in minutes; sequence 2048 instead of 4096
+with full recompute (at 4096 the fp32 logits and their loss alone take ~12 GB: OOM-killed at 22 GB with
+selective and with full recompute)) -> ``convert
 mcore2hf`` -> ``convert verify`` (transformers against megatron-core on the same tokens). Each step
 runs in its own process; seconds, peak RSS and the losses go to bench/RESULTS.md ("Full published
 shape on CPU"). What is proven: the published shape, not ``tiny``, passes every stage a GPU run will.
@@ -38,14 +39,14 @@ def main() -> int:
                             load_tokenizer("shipped"), WORK / "data", progress=False)
         train = [*cli, "train", "model.family=qwen2_5", "model.size=0.5B", f"train.train_iters={ITERATIONS}",
                  "train.warmup_iters=1", "train.micro_batch_size=1", "train.global_batch_size=1",
-                 "train.seq_length=4096", "train.recompute=full", "train.log_interval=1", "optim.lr=1e-5",
+                 "train.seq_length=2048", "train.recompute=full", "train.log_interval=1", "optim.lr=1e-5",
                  "optim.min_lr=1e-6", "parallel.distributed_optimizer=true", "data.tokenizer=shipped",
                  f"data.train_path={WORK / 'data'}_text_document", f"checkpoint.load={WORK / 'mcore'}",
                  "checkpoint.finetune=true", f"checkpoint.save_interval={ITERATIONS}", f"output_dir={WORK / 'run'}"]
         steps = [
             ("hf2mcore (torch_dist, fp32)", [*cli, "convert", "hf2mcore", "--model", "qwen2_5", "--size", "0.5B",
                                              "--hf", str(WORK / "hf"), "--mcore", str(WORK / "mcore")]),
-            (f"train {ITERATIONS} iterations, seq 4096", train),
+            (f"train {ITERATIONS} iterations, seq 2048", train),
             ("mcore2hf", [*cli, "convert", "mcore2hf", "--model", "qwen2_5", "--mcore", str(WORK / "run" / "checkpoint"),
                           "--hf", str(WORK / "export"), "--source-hf", str(WORK / "hf")]),
             ("convert verify (export vs checkpoint)", [*cli, "convert", "verify", "--hf", str(WORK / "export"),
@@ -66,8 +67,8 @@ def main() -> int:
     write_results([
         f"`make bench-full-size` (`bench/full_size.py`), {datetime.date.today()}, {MACHINE}: Qwen2.5-0.5B's published shape "
         "(494,032,768 parameters), random weights, each step in its own process. Training: the 0.5B row's "
-        "settings at fp32, global batch 1 (the row's is 8) and full recompute (selective needs more than 24 GiB "
-        "at fp32).",
+        "settings at fp32, global batch 1 (the row's is 8), sequence 2048 (the row's is 4096) and full recompute: "
+        "at 4096 the fp32 run needs more than this machine's 24 GiB (OOM-killed at 22 GB).",
         "",
         "| step | seconds | peak RSS |",
         "|---|---|---|",
