@@ -91,7 +91,7 @@ def test_generate_refuses_a_corrupt_checkpoint(converted, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def trained(corpus_prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The save directory of a 2-iteration tiny Qwen2.5 run."""
-    from conftest import run_cli
+    from tests.conftest import run_cli
 
     out = tmp_path_factory.mktemp("trained")
     run_cli("train", "model.family=qwen2_5", "model.size=tiny", "train.seq_length=32", "train.global_batch_size=4",
@@ -128,7 +128,7 @@ def test_trainer_checkpoint_damaged_or_half_written_is_refused_by_every_reader(t
     family = get_family("qwen2_5")
     with model_parallel(), pytest.raises(CheckpointError, match="no COMPLETE.json"):
         load_model_checkpoint([family.build(family.size("tiny"), Runtime())], str(half))
-    from conftest import run_cli
+    from tests.conftest import run_cli
 
     finetune = run_cli("train", "model.family=qwen2_5", "model.size=tiny", "train.seq_length=32", "train.train_iters=1",
                        "train.global_batch_size=4", "train.micro_batch_size=2", f"data.train_path={corpus_prefix}",

@@ -58,42 +58,47 @@ def test_logits_match_transformers_in_process(tmp_path, family_name, fmt):
     assert in_process_diff(family_name, hf, convert(family_name, hf, tmp_path / "mc", fmt=fmt)) < TOLERANCE
 
 
-def test_verify_command_and_negative_control(tmp_path):
-    """`convert verify` passes on a good conversion and fails when two query heads are swapped."""
+def _verified_legacy_conversion(family: str, tmp_path):  # noqa: ANN202
+    """(hf dir, the legacy rank file, a rerun of `convert verify`) after checking that `convert verify` passes."""
     from test_convert_roundtrip import make_hf
 
-    hf = make_hf("llama2", tmp_path / "hf")
-    convert("llama2", hf, tmp_path / "mc", fmt="legacy")
+    hf = make_hf(family, tmp_path / "hf")
+    convert(family, hf, tmp_path / "mc", fmt="legacy")
     cmd = [sys.executable, "-m", "pai_patch", "convert", "verify", "--hf", str(hf), "--mcore", str(tmp_path / "mc")]
-    good = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+
+    def verify() -> subprocess.CompletedProcess:
+        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+
+    good = verify()
     assert good.returncode == 0 and "within tolerance" in good.stdout, good.stderr[-2000:]
-    path = tmp_path / "mc" / "release" / "mp_rank_00" / "model_optim_rng.pt"
+    return hf, tmp_path / "mc" / "release" / "mp_rank_00" / "model_optim_rng.pt", verify
+
+
+def test_verify_command_and_negative_control(tmp_path):
+    """`convert verify` passes on a good conversion and fails when two query heads are swapped."""
+
+    _, path, verify = _verified_legacy_conversion("llama2", tmp_path)
     checkpoint = torch.load(path, weights_only=True)
     qkv = checkpoint["model"]["decoder.layers.1.self_attention.linear_qkv.weight"]
     qkv[:32], qkv[96:128] = qkv[96:128].clone(), qkv[:32].clone()  # heads of two query groups
     torch.save(checkpoint, path)
     (tmp_path / "mc" / "release" / "COMPLETE.json").unlink()  # edited as by another tool, which writes no marker
-    bad = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    bad = verify()
     assert bad.returncode == 1 and "NOT within" in bad.stdout
 
 
 def test_qk_norms_are_converted(tmp_path):
     """Qwen3's per-head q/k RMSNorm weights reach the model: `convert verify` passes, and resetting them
     to ones breaks parity."""
-    from test_convert_roundtrip import make_hf
 
-    hf = make_hf("qwen3", tmp_path / "hf")
-    convert("qwen3", hf, tmp_path / "mc", fmt="legacy")
-    cmd = [sys.executable, "-m", "pai_patch", "convert", "verify", "--hf", str(hf), "--mcore", str(tmp_path / "mc")]
-    good = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    assert good.returncode == 0 and "within tolerance" in good.stdout, good.stderr[-2000:]
-    path = tmp_path / "mc" / "release" / "mp_rank_00" / "model_optim_rng.pt"
+    hf, path, _ = _verified_legacy_conversion("qwen3", tmp_path)
     checkpoint = torch.load(path, weights_only=True)
     norms = [k for k in checkpoint["model"] if k.endswith(("q_layernorm.weight", "k_layernorm.weight"))]
     assert len(norms) == 2 * get_family("qwen3").size("tiny").num_layers
     for key in norms:
         checkpoint["model"][key] = torch.ones_like(checkpoint["model"][key])
     torch.save(checkpoint, path)
+    (tmp_path / "mc" / "release" / "COMPLETE.json").unlink()  # edited as by another tool, which writes no marker
     assert in_process_diff("qwen3", hf, tmp_path / "mc") > 100 * TOLERANCE
 
 

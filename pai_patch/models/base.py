@@ -87,7 +87,10 @@ class ModelSize:
 
     def default_head_dim(self) -> int:
         """The head width when the row does not name one."""
-        return self.hidden_size // self.num_attention_heads
+        heads = self.num_attention_heads
+        if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:  # a config.json's value, unchecked
+            raise ValueError(f"num_attention_heads = {heads!r}, expected a positive integer")
+        return self.hidden_size // heads
 
     @property
     def attention_head_dims(self) -> tuple[int, int]:
