@@ -119,6 +119,23 @@ def describe_os_error(err: OSError) -> str:
     return text
 
 
+#: what a command raises for bad input or a bad environment: printed as one line, exit status 2
+ONE_LINE_ERRORS = (CliError, KeyError, ValueError, OSError, ChildProcessError)
+
+
+def _checkpoint_failure(err: BaseException) -> BaseException:
+    """The first rank's failure inside torch's ``CheckpointException`` (a ``BaseException`` wrapping, say, the
+    ``FileNotFoundError`` of a missing ``.distcp``); any other exception as it is. Matched by shape, so that
+    this entry point does not import torch."""
+    failures = getattr(err, "failures", None) if type(err).__name__ == "CheckpointException" else None
+    if isinstance(failures, dict) and failures:
+        first = next(iter(failures.values()))
+        cause = first[0] if isinstance(first, tuple) else first
+        if isinstance(cause, BaseException):
+            return cause
+    return err
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     quiet_known_warnings()
@@ -144,8 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     args = cmd_parser.parse_args(rest)
     try:
         return int(module.run(args) or 0)
-    except (CliError, KeyError, ValueError, OSError, ChildProcessError) as err:
-        if os.environ.get("PAI_PATCH_TRACEBACK", "0") not in ("", "0"):
+    except BaseException as raised:  # noqa: BLE001 - narrowed at once; the others go on as raised
+        err = _checkpoint_failure(raised)
+        if not isinstance(err, ONE_LINE_ERRORS) or os.environ.get("PAI_PATCH_TRACEBACK", "0") not in ("", "0"):
             raise  # the whole traceback, for an error whose one line is not enough
         if isinstance(err, OSError):
             message = describe_os_error(err)

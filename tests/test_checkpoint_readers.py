@@ -78,6 +78,20 @@ def test_mcore2hf_no_verify_exports_anyway_and_says_so(converted, tmp_path, caps
     assert (tmp_path / "back" / "config.json").is_file()
 
 
+def test_a_missing_shard_is_one_line_with_or_without_the_check(converted, tmp_path, capsys):
+    """Without the marker check, torch's reader raised a CheckpointException (a BaseException) past the CLI."""
+    shutil.copytree(converted["torch_dist"], tmp_path / "mc")
+    missing = sorted((tmp_path / "mc").rglob("*.distcp"))[0]
+    missing.unlink()
+    capsys.readouterr()
+    assert mcore2hf(tmp_path / "mc", converted["hf"], tmp_path / "back") == 2
+    assert error_line(capsys.readouterr().err).startswith(f"error: {missing}: missing from checkpoint ")
+    assert mcore2hf(tmp_path / "mc", converted["hf"], tmp_path / "back", "--no-verify") == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith((WARNING, "mcore2hf"))]
+    assert error_line("\n".join(err)) == f"error: {missing}: no such file or directory (ENOENT)"
+    assert not (tmp_path / "back").exists()
+
+
 def test_generate_refuses_a_corrupt_checkpoint(converted, tmp_path, capsys):
     victim = flipped_copy(converted["torch_dist"], tmp_path / "mc", "*.distcp")
     capsys.readouterr()
