@@ -102,7 +102,7 @@ def rehearse(recipe: Recipe, p: Paths, overrides: list[str], stages: tuple[str, 
     loads = [cfg.checkpoint.load for cfg in configs.values() if cfg.checkpoint.load]
     report.check("convert.hf", lambda: _hf_checkpoint(recipe, family, loads))
     for stage, cfg in configs.items():
-        report.check(f"{stage} tokenizer", lambda: _tokenizer(recipe, cfg, size))
+        report.check(f"{stage} tokenizer", lambda: _tokenizer(cfg, size))
         report.check(f"{stage} data", lambda: _data(recipe, cfg, p))
         layout_ok = report.check(f"{stage} layout", lambda: _layout(cfg, family, size, nodes * per_node))
         if cfg.checkpoint.load:
@@ -129,18 +129,18 @@ def _hf_checkpoint(recipe: Recipe, family, loads: list[str]) -> str | None:  # n
     return f"{hf}: {len(source.reader.names())} tensors, names and shapes match {family.name} {recipe.model.size}"
 
 
-def _tokenizer(recipe: Recipe, cfg, size) -> str:  # noqa: ANN001
-    from pai_patch.data.tokenizer import find_tokenizer, load_tokenizer, vocab_size
+def _tokenizer(cfg, size) -> str:  # noqa: ANN001
+    from pai_patch.data.tokenizer import load_tokenizer, vocab_size
     from pai_patch.training.vocab_check import check_vocabulary
 
-    where = find_tokenizer(cfg.data.tokenizer, hf=resolve_path(recipe.convert.hf), checkpoint=cfg.checkpoint.load)
+    where = cfg.tokenizer_dir()  # the job's own lookup: explicit dir, hf=, the checkpoint it loads; family checked
     tokenizer = load_tokenizer(where)
-    exists = [path for path in (cfg.data.train_path, cfg.data.valid_path) if path and _made(path, cfg.data.sft)]
-    data = dataclasses.replace(cfg.data, train_path=exists[0] if exists else None,
-                               valid_path=exists[1] if len(exists) > 1 else None)
-    check_vocabulary(dataclasses.replace(cfg, data=data), size, tokenizer)
+    # the datasets that exist are checked against it; those the data stage has yet to make are not there to read
+    made = {key: path if path and _made(path, cfg.data.sft) else None
+            for key, path in (("train_path", cfg.data.train_path), ("valid_path", cfg.data.valid_path))}
+    check_vocabulary(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **made)), size, tokenizer)
     return f"{cfg.data.tokenizer} from {where} ({vocab_size(tokenizer)} ids; fits the embedding" + (
-        ", and the data was made with it)" if exists else ")")
+        ", and the data was made with it)" if any(made.values()) else ")")
 
 
 def _made(path: str, sft: bool) -> bool:
