@@ -28,24 +28,30 @@ def has_checkpoint(root: str | Path) -> bool:
     return (Path(root) / TRACKER).is_file()
 
 
-def latest_iteration(root: str | Path) -> int | None:
-    """The iteration the tracker names (0 for ``release``); None when ``root`` has no tracker."""
-    tracker = Path(root) / TRACKER
+def _tracked(root: Path) -> tuple[str, int] | None:
+    """What the tracker says (its text, and the iteration it names: 0 for ``release``); None without one."""
+    tracker = root / TRACKER
     if not tracker.is_file():
         return None
     text = tracker.read_text().strip()
     if text == RELEASE:
-        return 0
+        return text, 0
     if not text.isdigit():
         raise TrackerError(f"{tracker}: expected an iteration number or '{RELEASE}', found {text!r}")
-    return int(text)
+    return text, int(text)
+
+
+def latest_iteration(root: str | Path) -> int | None:
+    """The iteration the tracker names (0 for ``release``); None when ``root`` has no tracker."""
+    tracked = _tracked(Path(root))
+    return None if tracked is None else tracked[1]
 
 
 def latest_dir(root: str | Path) -> tuple[Path, int]:
     """The directory the tracker names, and its iteration; FileNotFoundError when ``root`` has no tracker."""
     root = Path(root)
-    iteration = latest_iteration(root)
-    if iteration is None:
+    tracked = _tracked(root)
+    if tracked is None:
         raise FileNotFoundError(f"{root / TRACKER}: missing; not a Megatron checkpoint directory")
-    released = (root / TRACKER).read_text().strip() == RELEASE
-    return iteration_dir(root, None if released else iteration), iteration
+    text, iteration = tracked
+    return iteration_dir(root, None if text == RELEASE else iteration), iteration
